@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .data import Dataset, load_dataset
 from .models import make_model
 from .runtime import configure, resolve_device
+from .training import train
 
 try:
     __version__ = version("flatcomp-tutorial")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["make_model", "configure", "resolve_device", "__version__"]
+__all__ = ["Dataset", "load_dataset", "make_model", "train", "configure", "resolve_device", "__version__"]
