@@ -11,6 +11,7 @@ from .data import Dataset, load_dataset
 from .models import make_model
 from .runtime import configure, resolve_device
 from .training import train
+from . import plotting  # noqa: E402  (submodule access as fc.plotting)
 
 try:
     __version__ = version("flatcomp-tutorial")

@@ -1,0 +1,45 @@
+# flatcomp-tutorial: the two commands of the README, and a few helpers.
+#   make book   - set up .venv, execute every chapter on CPU (outputs stored in the notebooks), build the HTML book
+#   make test   - set up .venv, run the unit tests and re-execute every chapter with pytest --nbval
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# A reproducible local/CI environment: the CPU build of torch 2.13.0 (requirements.txt itself never pins torch).
+TORCH  ?= torch==2.13.0
+THREADS ?= 2
+export FLATCOMP_PROGRESS = 0
+export OMP_NUM_THREADS = $(THREADS)
+export PYDEVD_DISABLE_FILE_VALIDATION = 1
+
+.PHONY: install book execute html test unit nbval bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -c "import flatcomp_tutorial, torch; print('flatcomp_tutorial', flatcomp_tutorial.__version__, '| torch', torch.__version__)"
+	touch $@
+
+book: install execute html
+	@echo "Book built: $(abspath _build/html/index.html)"
+
+execute: install
+	$(PY) -m flatcomp_tutorial.notebooks execute
+
+html: install
+	$(VENV)/bin/jupyter-book build -W -n --keep-going book/
+
+test: install
+	$(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--nbval-cell-timeout 600 tests book
+
+unit: install
+	$(PY) -m pytest -p no:cacheprovider tests
+
+bench: install
+	$(PY) benchmarks/run.py --threads $(THREADS)
+
+clean:
+	rm -rf book/_build

@@ -1,0 +1,125 @@
+"""Executing and checking the book's chapter notebooks (used by ``make book`` and the tests).
+
+``python -m flatcomp_tutorial.notebooks execute book/*.ipynb`` runs every chapter top to bottom in a fresh kernel
+(working directory ``book/``, progress bars off) and writes the outputs back into the notebook, so that the HTML
+book, GitHub and the first Colab view all show the results of one run. Any cell error fails the command.
+
+``python -m flatcomp_tutorial.notebooks badges`` rewrites every chapter's "Open in Colab" badge and install cell
+from the repository URL in ``_config.yml`` (the one place it is configured).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def repository() -> dict:
+    """The ``repository`` section of ``_config.yml``: ``url``, ``branch``, ``path_to_book``."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    return cfg["repository"]
+
+
+def colab_url(notebook: str | Path, repo: dict | None = None) -> str:
+    repo = repo or repository()
+    slug = repo["url"].removeprefix("https://github.com/").rstrip("/")
+    return f"https://colab.research.google.com/github/{slug}/blob/{repo['branch']}/{repo['path_to_book']}/{Path(notebook).name}"
+
+
+def badge_markdown(notebook: str | Path, repo: dict | None = None) -> str:
+    return f"[![Open In Colab]({COLAB_BADGE})]({colab_url(notebook, repo)})"
+
+
+def install_spec(repo: dict | None = None) -> str:
+    repo = repo or repository()
+    return f"flatcomp-tutorial @ git+{repo['url'].rstrip('/')}@{repo['branch']}"
+
+
+def execute(path: str | Path, timeout: int = 600, kernel_name: str = "python3") -> float:
+    """Execute notebook ``path`` in place (cwd = its folder) and return the wall time in seconds.
+
+    Raises ``nbclient.exceptions.CellExecutionError`` naming the failing cell if any cell raises.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    os.environ["FLATCOMP_PROGRESS"] = "0"  # inherited by the kernel: no progress bars in stored outputs
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, record_timing=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    elapsed = time.perf_counter() - start
+    nbformat.write(nb, path)
+    return elapsed
+
+
+def rewrite_badges(paths: list[Path]) -> list[Path]:
+    """Point every badge and install cell at the repository in ``_config.yml``; return the notebooks changed."""
+    import nbformat
+
+    repo, changed = repository(), []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        before = nbformat.writes(nb)
+        for cell in nb.cells:
+            cell.source = re.sub(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)", badge_markdown(path, repo), cell.source)
+            cell.source = re.sub(r'"flatcomp-tutorial @ git\+[^"]*"', f'"{install_spec(repo)}"', cell.source)
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+def chapters() -> list[Path]:
+    """The chapter notebooks listed in ``_toc.yml``, in book order."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for entry in toc.get("chapters", []) + [c for p in toc.get("parts", []) for c in p.get("chapters", [])]:
+        files.append(entry["file"])
+    book = ROOT / "book"
+    return [book / f"{f}.ipynb" for f in files if (book / f"{f}.ipynb").exists()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flatcomp_tutorial.notebooks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute", help="execute notebooks in place (default: every chapter in _toc.yml)")
+    ex.add_argument("notebooks", nargs="*", type=Path)
+    ex.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    sub.add_parser("badges", help="rewrite Colab badges and install cells from _config.yml")
+    args = parser.parse_args(argv)
+
+    if args.command == "badges":
+        for p in rewrite_badges(chapters()):
+            print(f"updated {p}")
+        return 0
+    paths = args.notebooks or chapters()
+    total = 0.0
+    for p in paths:
+        print(f"executing {p} ...", flush=True)
+        try:
+            elapsed = execute(p, timeout=args.timeout)
+        except Exception as err:  # CellExecutionError, timeouts, dead kernels
+            print(f"FAILED: {p}\n{err}", file=sys.stderr)
+            return 1
+        total += elapsed
+        print(f"  done in {elapsed:.1f} s", flush=True)
+    print(f"executed {len(paths)} notebook(s) in {total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
