@@ -1,0 +1,122 @@
+"""The book as readers and CI use it: table of contents, Colab badges, parameters cells, stored outputs,
+papermill overrides, and the failure mechanism (a broken cell fails both the main job and nbval)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from flatcomp_tutorial import notebooks as NB
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CHAPTERS = sorted(BOOK.glob("*.ipynb"))
+ENV = dict(os.environ, FLATCOMP_PROGRESS="0", PYDEVD_DISABLE_FILE_VALIDATION="1")
+
+
+def code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_toc_lists_exactly_the_chapter_notebooks():
+    assert CHAPTERS, "no chapters found"
+    assert sorted(NB.chapters()) == CHAPTERS
+
+
+def test_book_toc_is_a_link_to_the_root_toc():
+    assert (BOOK / "_toc.yml").is_symlink() and (BOOK / "_toc.yml").resolve() == (ROOT / "_toc.yml").resolve()
+
+
+def test_book_config_fails_on_errors_and_builds_only_toc_files():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["only_build_toc_files"] is True
+    assert cfg["execute"]["allow_errors"] is False
+    assert cfg["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    assert cfg["execute"]["timeout"] > 0
+    assert cfg["repository"]["branch"] == "main" and cfg["repository"]["path_to_book"] == "book"
+    assert cfg["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert (BOOK / cfg["bibtex_bibfiles"][0]).exists()
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_starts_with_a_colab_badge_for_the_configured_repository(path):
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert first.cell_type == "markdown"
+    assert NB.badge_markdown(path) in first.source
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_installs_the_package_only_when_it_is_missing(path):
+    setup = code_cells(path)[0].source
+    assert "except ImportError" in setup and f'"{NB.install_spec()}"' in setup
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_has_a_parameters_cell_with_seed_and_threads(path):
+    tagged = [c for c in code_cells(path) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert {"seed", "threads"} <= names
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_is_committed_executed_top_to_bottom_without_errors(path):
+    cells = code_cells(path)
+    counts = [c.execution_count for c in cells]
+    assert all(counts) and counts == list(range(1, len(cells) + 1))
+    assert not any(o.output_type == "error" for c in cells for o in c.outputs)
+    assert any(o.output_type == "display_data" and "image/png" in o.data for c in cells for o in c.outputs), \
+        "every chapter shows at least one figure"
+
+
+def test_papermill_runs_a_chapter_with_parameter_overrides(tmp_path):
+    import papermill as pm
+
+    out = tmp_path / "first_network_out.ipynb"
+    pm.execute_notebook(str(BOOK / "first_network.ipynb"), str(out), parameters={"epochs": 1, "width": 8},
+                        cwd=str(BOOK), kernel_name="python3", progress_bar=False)
+    text = "".join(o.get("text", "") for c in code_cells(out) for o in c.outputs)
+    assert "after 1 epochs" in text
+    assert "Linear(in_features=64, out_features=8" in text
+
+
+def _broken_copy(tmp_path):
+    """A copy of the intro chapter with a failing cell right after its parameters cell (later cells dropped)."""
+    nb = nbformat.read(BOOK / "intro.ipynb", as_version=4)
+    k = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells = nb.cells[: k + 1] + [nbformat.v4.new_code_cell('raise RuntimeError("deliberately broken cell")')]
+    path = tmp_path / "broken_chapter.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_broken_cell_fails_the_main_job(tmp_path):
+    path = _broken_copy(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "flatcomp_tutorial.notebooks", "execute", str(path)],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert run.returncode != 0
+    assert "deliberately broken cell" in run.stderr
+
+
+def test_a_broken_cell_fails_nbval(tmp_path):
+    path = _broken_copy(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+                          str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "deliberately broken cell" in run.stdout
+
+
+def test_a_stale_stored_output_fails_nbval(tmp_path):
+    cell = nbformat.v4.new_code_cell("print(1 + 1)", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="3\n")]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "stale.ipynb"
+    nbformat.write(nb, path)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+                          str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0 and "1 failed" in run.stdout

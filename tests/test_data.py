@@ -1,0 +1,207 @@
+"""Datasets: shapes, targets, subsets, standardisation, determinism, the download cache and its hash checks.
+
+FashionMNIST and CIFAR-10 are parsed from small files fabricated here in the real formats (IDX gz, python pickle
+tarball); the registry is pointed at them with their true sha256.
+"""
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+import flatcomp_tutorial as fc
+from flatcomp_tutorial import data as D
+
+
+# ---------------------------------------------------------------------------------------------------- digits
+def test_digits_default_split_has_all_1797_images_with_one_hot_targets():
+    d = fc.load_dataset("digits")
+    assert d.n_train + d.n_test == 1797
+    assert d.x_train.shape == (d.n_train, 1, 8, 8) and d.input_shape == (1, 8, 8)
+    assert d.n_classes == 10 and d.y_train.shape == (d.n_train, 10)
+    assert torch.equal(d.y_train.argmax(1), d.labels_train)
+    assert torch.equal(d.y_train.sum(1), torch.ones(d.n_train))
+
+
+def test_digits_flatten_gives_64_features():
+    d = fc.load_dataset("digits", flatten=True)
+    assert d.x_train.shape[1:] == (64,) and d.input_shape == (64,)
+
+
+def test_standardisation_uses_training_statistics():
+    d = fc.load_dataset("digits")
+    assert abs(d.x_train.mean().item()) < 1e-5
+    assert abs(d.x_train.std().item() - 1) < 1e-3
+    raw = fc.load_dataset("digits", standardize=False)
+    assert raw.x_train.min() >= 0 and raw.x_train.max() <= 1
+
+
+def test_class_subset_is_relabelled_in_given_order():
+    d = fc.load_dataset("digits", classes=(7, 3))
+    assert d.n_classes == 2 and d.classes == (7, 3) and d.y_train.shape[1] == 2
+    raw = fc.load_dataset("digits", standardize=False, flatten=True)
+    sub = fc.load_dataset("digits", classes=(7, 3), standardize=False, flatten=True)
+    # every relabelled sample is one of the original 7s (label 0) or 3s (label 1)
+    sevens = {tuple(v) for v in raw.x_train[raw.labels_train == 7].tolist()}
+    assert all(tuple(v) in sevens for v in sub.x_train[sub.labels_train == 0].tolist())
+
+
+def test_n_train_and_n_test_subsample_with_balanced_classes():
+    d = fc.load_dataset("digits", classes=(0, 1), n_train=50, n_test=20)
+    assert d.n_train == 50 and d.n_test == 20
+    assert abs(d.labels_train.float().mean().item() - 0.5) <= 0.05
+
+
+def test_same_seed_same_data_other_seed_other_split():
+    a, b, c = (fc.load_dataset("digits", n_train=100, seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.labels_train, b.labels_train)
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+def test_dataset_to_casts_inputs_but_keeps_integer_labels():
+    d = fc.load_dataset("digits", n_train=10, n_test=10).to(dtype=torch.float64)
+    assert d.x_train.dtype == torch.float64 and d.y_test.dtype == torch.float64
+    assert d.labels_train.dtype == torch.int64
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="mnist"), "name must be one of"),
+    (dict(name="digits", classes=(3,)), "classes must be at least 2 distinct"),
+    (dict(name="digits", classes=(3, 3)), "classes must be at least 2 distinct"),
+    (dict(name="digits", classes=(0, 10)), r"out of \[0, 1"),
+    (dict(name="digits", n_train=100000), "n_train=100000 is more than"),
+    (dict(name="digits", n_test=0), "n_test must be a positive integer"),
+    (dict(name="teacher_student", classes=(0, 1)), "classes is not supported"),
+    (dict(name="teacher_student", input_dim=0), "input_dim must be >= 1"),
+])
+def test_bad_arguments_raise_value_errors_naming_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fc.load_dataset(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- teacher-student
+def test_teacher_student_targets_are_the_teachers_outputs():
+    d = fc.load_dataset("teacher_student", n_train=64, n_test=32, input_dim=5, n_outputs=3, dtype=torch.float64)
+    teacher = d.meta["teacher"]
+    with torch.no_grad():
+        assert torch.allclose(teacher(d.x_train), d.y_train, atol=1e-12)
+        assert torch.allclose(teacher(d.x_test), d.y_test, atol=1e-12)
+    assert d.x_train.shape == (64, 5) and d.y_train.shape == (64, 3)
+    assert torch.equal(d.labels_train, d.y_train.argmax(1))
+
+
+def test_teacher_student_label_noise_only_on_training_targets():
+    d = fc.load_dataset("teacher_student", n_train=64, n_test=32, noise=0.1, dtype=torch.float64)
+    with torch.no_grad():
+        residual = d.y_train - d.meta["teacher"](d.x_train)
+        assert 0.05 < residual.std().item() < 0.2
+        assert torch.allclose(d.meta["teacher"](d.x_test), d.y_test, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- download-based data
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return gzip.compress(header + arr.astype(np.uint8).tobytes())
+
+
+def _register(monkeypatch, root, files: dict):
+    """Write fabricated files under root and point the registry at them with their true hashes."""
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        monkeypatch.setitem(D.REGISTRY, rel, D.RegistryEntry(rel, D.sha256(path), "http://127.0.0.1:9/" + rel))
+
+
+@pytest.fixture
+def fake_fashion(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x_tr, x_te = rng.integers(0, 256, (30, 28, 28)), rng.integers(0, 256, (12, 28, 28))
+    l_tr, l_te = np.arange(30) % 10, np.arange(12) % 10
+    _register(monkeypatch, tmp_path, {
+        "fashion_mnist/train-images-idx3-ubyte.gz": _idx_bytes(x_tr),
+        "fashion_mnist/train-labels-idx1-ubyte.gz": _idx_bytes(l_tr),
+        "fashion_mnist/t10k-images-idx3-ubyte.gz": _idx_bytes(x_te),
+        "fashion_mnist/t10k-labels-idx1-ubyte.gz": _idx_bytes(l_te),
+    })
+    return tmp_path, x_tr, l_tr
+
+
+def test_fashion_mnist_parses_idx_files(fake_fashion):
+    root, x_tr, l_tr = fake_fashion
+    d = fc.load_dataset("fashion_mnist", root=root, standardize=False, download=False)
+    assert d.x_train.shape == (30, 1, 28, 28) and d.n_test == 12 and d.n_classes == 10
+    # the loader shuffles: compare as multisets of (image, label)
+    got = sorted((int(l), round(float(x.sum()) * 255)) for x, l in zip(d.x_train, d.labels_train))
+    want = sorted((int(l), int(x.sum())) for x, l in zip(x_tr, l_tr))
+    assert got == want
+
+
+def test_fashion_mnist_two_class_task(fake_fashion):
+    root, *_ = fake_fashion
+    d = fc.load_dataset("fashion_mnist", root=root, classes=(0, 1), download=False)
+    assert d.n_classes == 2 and d.n_train == 6 and set(d.labels_train.tolist()) == {0, 1}
+
+
+def test_cifar10_parses_python_tarball(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    batches = {}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ["data_batch_1", "data_batch_2", "test_batch"]:
+            x = rng.integers(0, 256, (10, 3072)).astype(np.uint8)
+            labels = list(rng.integers(0, 10, 10))
+            batches[name] = (x, labels)
+            blob = pickle.dumps({b"data": x, b"labels": labels})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    _register(monkeypatch, tmp_path, {"cifar10/cifar-10-python.tar.gz": buf.getvalue()})
+    x_tr, l_tr, x_te, l_te = D.read_cifar10_tarball(tmp_path / "cifar10/cifar-10-python.tar.gz")
+    assert x_tr.shape == (20, 3, 32, 32) and x_te.shape == (10, 3, 32, 32)
+    assert np.array_equal(x_tr[0].reshape(-1), batches["data_batch_1"][0][0])
+    assert list(l_te) == batches["test_batch"][1]
+    d = fc.load_dataset("cifar10", root=tmp_path, download=False)
+    assert d.input_shape == (3, 32, 32) and d.n_train == 20 and d.x_train.shape == (20, 3, 32, 32)
+
+
+def test_corrupted_cached_file_fails_the_hash_check_and_is_not_used(fake_fashion):
+    root, *_ = fake_fashion
+    path = root / "fashion_mnist/train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(D.DataIntegrityError, match="sha256"):
+        fc.load_dataset("fashion_mnist", root=root, download=False)
+
+
+def test_missing_file_with_download_off_names_file_location_and_offline_datasets(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        fc.load_dataset("fashion_mnist", root=tmp_path, download=False)
+    msg = str(err.value)
+    assert "train-images-idx3-ubyte.gz" in msg and str(tmp_path) in msg and "'digits'" in msg
+
+
+def test_unreachable_download_gives_a_clear_offline_error(tmp_path, monkeypatch):
+    rel = "cifar10/cifar-10-python.tar.gz"
+    monkeypatch.setitem(D.REGISTRY, rel, D.RegistryEntry(rel, "0" * 64, "http://127.0.0.1:9/cifar-10-python.tar.gz"))
+    with pytest.raises(FileNotFoundError, match="place it at"):
+        fc.load_dataset("cifar10", root=tmp_path, download=True)
+    assert not (tmp_path / rel).exists()
+
+
+def test_idx_reader_rejects_inconsistent_headers(tmp_path):
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(gzip.compress(struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", 5) + b"abc"))
+    with pytest.raises(ValueError, match="header says shape"):
+        D.read_idx(bad)
+
+
+def test_registry_pins_sha256_for_every_download():
+    assert {e.path for e in D.REGISTRY.values()} == {
+        "fashion_mnist/train-images-idx3-ubyte.gz", "fashion_mnist/train-labels-idx1-ubyte.gz",
+        "fashion_mnist/t10k-images-idx3-ubyte.gz", "fashion_mnist/t10k-labels-idx1-ubyte.gz",
+        "cifar10/cifar-10-python.tar.gz"}
+    assert all(len(e.sha256) == 64 and int(e.sha256, 16) >= 0 for e in D.REGISTRY.values())
