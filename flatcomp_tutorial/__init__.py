@@ -11,7 +11,7 @@ from .data import Dataset, load_dataset
 from .models import make_model
 from .runtime import configure, resolve_device
 from .training import train
-from . import plotting  # noqa: E402  (submodule access as fc.plotting)
+from . import plotting, widgets  # noqa: E402  (submodule access as fc.plotting, fc.widgets)
 
 try:
     __version__ = version("flatcomp-tutorial")

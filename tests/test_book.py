@@ -120,3 +120,20 @@ def test_a_stale_stored_output_fails_nbval(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
                           str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert run.returncode != 0 and "1 failed" in run.stdout
+
+
+def test_widget_explorer_runs_headless_and_leaves_a_static_figure(tmp_path):
+    from nbclient import NotebookClient
+
+    cells = [nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as plt\nimport flatcomp_tutorial as fc\n"
+        "def draw(scale=1.0, kind='line'):\n"
+        "    fig, ax = plt.subplots(); ax.plot([0, 1], [0, scale]); ax.set_title(kind); return fig\n"
+        "fig = fc.widgets.explorer(draw, scale=(0.5, 2.0, 0.5, 1.0), kind=['line', 'other'])")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert not any(o.output_type == "error" for o in outputs)
+    pngs = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(pngs) == 1, "exactly one static figure in the cell output (the interactive one lives in the widget)"
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
