@@ -39,6 +39,7 @@ unit: install
 	$(PY) -m pytest -p no:cacheprovider tests
 
 bench: install
+	$(PY) -m pip install --quiet --no-deps -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py --threads $(THREADS)
 
 clean:
