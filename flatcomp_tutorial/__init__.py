@@ -1,7 +1,9 @@
 """flatcomp_tutorial: helpers for the book "Flat minima imply compressed representations".
 
 Modules, one concept each: ``data`` (datasets), ``models`` (network builders), ``training`` (SGD with
-history), ``runtime`` (device, seeds, threads), ``checks`` (input validation), ``plotting``.
+history), ``sharpness`` (Hessian measures), ``geometry`` (Jacobian-based compression measures), ``bounds``
+(flatness => compression bounds with their slack), ``runtime`` (device, seeds, threads), ``checks`` (input
+validation), ``plotting``, ``widgets``, ``notebooks`` (executing the book).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from .data import Dataset, load_dataset
 from .models import make_model
 from .runtime import configure, resolve_device
 from .training import train
-from . import plotting, widgets  # noqa: E402  (submodule access as fc.plotting, fc.widgets)
+from . import bounds, geometry, plotting, sharpness, widgets  # noqa: E402  (fc.sharpness, fc.geometry, ...)
 
 try:
     __version__ = version("flatcomp-tutorial")

@@ -1,0 +1,281 @@
+"""Specification of flatcomp_tutorial.bounds (THEORY §4): both sides of B1-B7, the B8 identity, B4's step slacks,
+and the clear errors. Everything in float64; `holds` uses relative tolerance 1e-9, identities 1e-8."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flatcomp_tutorial import bounds, geometry, sharpness
+from flatcomp_tutorial.models import make_model
+
+F64 = torch.float64
+FIRST_LAYER = ["B1", "B2", "B3", "B4", "B5"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: thread-pool overhead dominates, so run single-threaded and restore afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def mlp(n_out=2, width=6, depth=2, activation="tanh", d=5, seed=0, **kw):
+    return make_model("mlp", (d,), n_out, width=width, depth=depth, activation=activation, seed=seed, dtype=F64, **kw)
+
+
+def inputs(n, *shape, seed=0):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def random_cases(count=60):
+    rng = random.Random(2024)
+    return [dict(seed=s, n_out=rng.choice([1, 2, 10]), width=rng.choice([3, 5, 8, 16]), depth=rng.choice([0, 1, 2, 3]),
+                 activation=rng.choice(["tanh", "relu", "gelu", "sigmoid", "softplus"]), d=rng.choice([4, 7, 12]),
+                 n=rng.choice([5, 17])) for s in range(count)]
+
+
+# ------------------------------------------------------------------------------------------------ validity
+
+@pytest.mark.parametrize("case", random_cases(), ids=lambda c: "{activation}-N{n_out}-w{width}-L{depth}-s{seed}".format(**c))
+def test_every_bound_holds_at_exact_zero_loss(case):
+    case = dict(case)
+    n = case.pop("n")
+    model = mlp(**case)
+    x = inputs(n, case["d"], seed=case["seed"])
+    y = model(x).detach()  # interpolation: L = 0, so G = H
+    table = bounds.bound_table(model, x, y=y)
+    assert table.attrs["train_loss"] == 0.0 and table.attrs["G_equals_H"] is True
+    names = set(table["name"])
+    assert {"B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8 identity"} <= names
+    failing = table.loc[~table["holds"], ["name", "layer", "lhs", "rhs"]]
+    assert failing.empty, failing.to_string()
+    ok = table["name"] != "B8 identity"
+    assert (table.loc[ok, "lhs"] <= table.loc[ok, "rhs"] * (1 + 1e-9) + 1e-12 * table.loc[ok, "rhs"].abs()).all()
+    # the tighter middle quantity of B6/B7 lies between the two sides; B8 has one row per dense layer
+    for name in ("B6", "B7"):
+        row = table.set_index("name").loc[name]
+        assert row.lhs <= row.rhs_block * (1 + 1e-9) and row.rhs_block <= row.rhs * (1 + 1e-9)
+    assert (table["name"] == "B8").sum() == case["depth"] + 1
+
+
+def test_bounds_hold_with_gauss_newton_off_interpolation_and_loss_is_reported():
+    model, x = mlp(n_out=3, seed=5), inputs(12, 5)
+    y = torch.randn(12, 3, dtype=F64)
+    table = bounds.bound_table(model, x, y=y)
+    expected = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean().item()
+    assert table.attrs["train_loss"] == pytest.approx(expected, rel=1e-12)
+    assert table.attrs["G_equals_H"] is False
+    assert table["holds"].all()
+    assert "½" in table.attrs["convention"] and bounds.bound_table(model, x).attrs["train_loss"] is None
+
+
+def test_first_layer_bound_sides_match_a_direct_computation():
+    model, x = mlp(n_out=3, width=7, seed=8), inputs(9, 5, seed=3)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xi) for xi in x]).numpy()
+    sv = np.linalg.svd(jac, compute_uv=False)
+    w1 = np.linalg.norm(model[1].weight.detach().numpy(), 2)
+    per_sample_grad2 = []  # ||∇_{W_1} f(x_i)||_F², one autograd call per output unit
+    for xi in x:
+        total = 0.0
+        for a in range(3):
+            g, = torch.autograd.grad(model(xi[None])[0, a], model[1].weight)
+            total += g.pow(2).sum().item()
+        per_sample_grad2.append(total)
+    tr1 = np.mean(per_sample_grad2)
+    xn2 = (x**2).sum(dim=1).numpy()
+    rows = bounds.bound_table(model, x).set_index("name")
+    assert rows.loc["B1", "lhs"] == pytest.approx(np.mean(sv[:, 0] ** 2), rel=1e-10)
+    assert rows.loc["B1", "rhs"] == pytest.approx(w1**2 * tr1 / xn2.min(), rel=1e-10)
+    assert rows.loc["B2", "lhs"] == pytest.approx(np.mean(xn2 * sv[:, 0] ** 2), rel=1e-10)
+    assert rows.loc["B4", "lhs"] == pytest.approx(np.mean(np.log(sv).sum(axis=1)), rel=1e-10)
+    assert rows.loc["B4", "rhs"] == pytest.approx(1.5 * np.log(w1**2 * tr1 / 3) - 1.5 * np.mean(np.log(xn2)), rel=1e-10)
+    assert rows.loc["B5", "lhs"] == pytest.approx(np.log(np.sum(np.prod(sv, axis=1) ** 2)), rel=1e-10)
+
+
+def test_b2_is_tight_for_a_linear_scalar_model():
+    # f = wᵀx + b: J_x = wᵀ, D_1 = 1, so every link of B2 is an equality
+    model, x = mlp(n_out=1, depth=0, d=6, seed=2), inputs(8, 6)
+    row = bounds.bound_table(model, x).set_index("name").loc["B2"]
+    assert row.slack == pytest.approx(1.0, rel=1e-12)
+    assert row.holds
+
+
+def test_b5_is_reported_in_log_form():
+    model, x = mlp(n_out=10, width=16, d=12, seed=1), inputs(17, 12)
+    row = bounds.bound_table(model, x).set_index("name").loc["B5"]
+    assert row.slack_kind.startswith("difference")
+    assert row.slack == pytest.approx(row.rhs - row.lhs)
+    assert np.isfinite(row.rhs) and row.rhs > row.lhs
+
+
+# ------------------------------------------------------------------------------------------------ B8 identity
+
+@pytest.mark.parametrize("activation,n_out,depth", [("tanh", 2, 2), ("relu", 10, 1), ("gelu", 1, 3)])
+def test_b8_identity_matches_relative_flatness_of_gauss_newton(activation, n_out, depth):
+    model, x = mlp(n_out=n_out, depth=depth, activation=activation, seed=3), inputs(10, 5)
+    table = bounds.bound_table(model, x)
+    ident = table[table["name"] == "B8 identity"].set_index("layer")
+    assert ident["holds"].all()
+    for l in range(1, depth + 2):
+        kappa = sharpness.relative_flatness(model, x, None, l, curvature="gauss_newton", method="exact")
+        assert ident.loc[l, "lhs"] == pytest.approx(kappa, rel=1e-8)
+        assert ident.loc[l, "rhs"] == pytest.approx(kappa, rel=1e-8)
+
+
+def test_b8_bound_rhs_is_kappa():
+    model, x = mlp(seed=4), inputs(10, 5)
+    table = bounds.bound_table(model, x)
+    ident = table[table["name"] == "B8 identity"].set_index("layer")
+    bound = table[table["name"] == "B8"].set_index("layer")
+    np.testing.assert_allclose(bound["rhs"], ident["lhs"], rtol=0)
+    assert (bound["lhs"] <= bound["rhs"]).all()
+
+
+# ------------------------------------------------------------------------------------------------ B4 steps
+
+@pytest.mark.parametrize("seed,activation,n_out", [(0, "tanh", 2), (1, "gelu", 10), (2, "softplus", 3)])
+def test_b4_step_slacks_are_nonnegative_and_add_up_to_total(seed, activation, n_out):
+    model, x = mlp(n_out=n_out, width=12, d=7, activation=activation, seed=seed), inputs(15, 7, seed=seed)
+    steps = bounds.b4_step_slacks(model, x)
+    parts = steps[steps["kind"] == "step"]["slack"]
+    total = steps[steps["kind"] == "total"]["slack"].item()
+    assert (parts >= -1e-10).all(), steps.to_string()
+    assert parts.sum() == pytest.approx(total, rel=1e-10)
+    assert steps[steps["kind"] == "extra"]["slack"].item() >= 0
+    assert steps.set_index("step").loc["Frobenius identity", "slack"] == pytest.approx(0.0, abs=1e-10)
+    b4 = bounds.bound_table(model, x).set_index("name").loc["B4"]
+    assert total == pytest.approx(b4.slack, rel=1e-10)
+
+
+def test_b4_am_gm_step_is_zero_for_scalar_output():
+    # r = 1: one singular value, AM-GM is an equality
+    steps = bounds.b4_step_slacks(mlp(n_out=1, seed=6), inputs(10, 5)).set_index("step")
+    assert steps.loc["AM–GM on σ_j²", "slack"] == pytest.approx(0.0, abs=1e-12)
+    assert steps.loc["Jensen over samples", "slack"] > 0
+
+
+def test_b4_norm_step_is_zero_for_a_linear_model_with_scalar_output():
+    # depth 0, N = 1: D_1 = 1 so ||D_1 W_1||_F = ||D_1||_F ||W_1||_2 exactly
+    steps = bounds.b4_step_slacks(mlp(n_out=1, depth=0, seed=6), inputs(10, 5)).set_index("step")
+    assert steps.loc["||DW||_F ≤ ||D||_F ||W||_2", "slack"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ local dimension
+
+def test_sharpness_does_not_bound_local_dimensionality():
+    # bias-free ReLU nets are positively homogeneous: scaling every W_l by c gives f_c = c^L f, J_x -> c^L J_x.
+    # (Scaling only the last layer would not do: ∇_{W_L} f = h_{L-1} and the output bias keep Tr G away from 0.)
+    x = inputs(12, 5)
+    base = mlp(n_out=3, width=16, depth=2, activation="relu", bias=False, seed=7)
+    lhs, trace_g, dims = [], [], []
+    cs = [1.0, 0.3, 0.1, 0.03]
+    for c in cs:
+        model = mlp(n_out=3, width=16, depth=2, activation="relu", bias=False, seed=7)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(c)
+        table = bounds.bound_table(model, x).set_index("name")
+        lhs.append(table.loc[["B1", "B2", "B3", "B6", "B7"], "lhs"].to_numpy())
+        trace_g.append(table.attrs["trace_G"])
+        dims.append(geometry.local_measures(model, x)["local_dim"])
+        if c == cs[-1]:
+            b4_lhs = table.loc["B4", "lhs"]
+    lhs = np.array(lhs)
+    assert np.all(np.diff(lhs, axis=0) < 0) and np.all(lhs[-1] < 1e-4 * lhs[0])  # every LHS -> 0
+    assert trace_g[-1] < 1e-4 * trace_g[0]  # Tr G -> 0 (as c^{2(L-1)})
+    for d in dims[1:]:
+        np.testing.assert_allclose(d, dims[0], rtol=1e-10)  # ... while D_loc does not move
+    base_b4 = bounds.bound_table(base, x).set_index("name").loc["B4", "lhs"]
+    assert b4_lhs == pytest.approx(base_b4 + 3 * 3 * math.log(0.03), rel=1e-10)  # log LVR shifts by r L log c
+
+
+def test_nmls_is_the_b6_left_side():
+    model, x = mlp(depth=3, seed=9), inputs(11, 5)
+    assert bounds.nmls(model, x) == pytest.approx(bounds.bound_table(model, x).set_index("name").loc["B6", "lhs"],
+                                                  rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ CNN and errors
+
+def cnn():
+    return make_model("lenet", (1, 8, 8), 2, channels=(2, 3), width=8, seed=0, dtype=F64)
+
+
+def test_cnn_first_layer_bounds_raise_a_clear_error():
+    with pytest.raises(ValueError, match="first_layer=False"):
+        bounds.bound_table(cnn(), inputs(4, 1, 8, 8))
+    with pytest.raises(ValueError, match="dense"):
+        bounds.b4_step_slacks(cnn(), inputs(4, 1, 8, 8))
+
+
+def test_cnn_network_wide_bounds_hold_over_its_dense_layers():
+    table = bounds.bound_table(cnn(), inputs(6, 1, 8, 8), first_layer=False)
+    assert not set(FIRST_LAYER) & set(table["name"])
+    assert {"B6", "B7", "B8", "B8 identity"} <= set(table["name"])
+    assert table["holds"].all()
+    assert (table["name"] == "B8").sum() == 2
+
+
+def test_first_dense_layer_must_see_the_flattened_input():
+    model = nn.Sequential(nn.Flatten(), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
+    with pytest.raises(ValueError, match="flattened input"):
+        bounds.bound_table(model, inputs(4, 5))
+    assert bounds.bound_table(model, inputs(4, 5), first_layer=False)["holds"].all()
+
+
+def test_zero_input_sample_raises_for_first_layer_bounds():
+    x = inputs(4, 5)
+    x[2] = 0.0
+    with pytest.raises(ValueError, match=r"\|\|x_i\|\| = 0"):
+        bounds.bound_table(mlp(), x)
+
+
+def test_nan_inputs_raise_value_error():
+    x = inputs(4, 5)
+    x[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bounds.bound_table(mlp(), x)
+
+
+def test_batchnorm_in_train_mode_raises_value_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        bounds.bound_table(model, inputs(4, 5))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        bounds.nmls(model, inputs(4, 5))
+
+
+def test_train_and_eval_flags_are_restored():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
+    model.train()
+    model[2].eval()
+    flags = [m.training for m in model.modules()]
+    bounds.bound_table(model, inputs(6, 5))
+    bounds.b4_step_slacks(model, inputs(6, 5))
+    assert [m.training for m in model.modules()] == flags
+
+
+def test_dense_layer_applied_along_extra_axes_raises_weight_sharing_error():
+    class PerRow(nn.Module):  # the same nn.Linear applied to each of 3 rows: shared weights
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+            self.head = nn.Linear(6, 1)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.lin(x)).flatten(1))
+
+    with pytest.raises(ValueError, match="shared"):
+        bounds.bound_table(PerRow().to(F64), inputs(5, 3, 4))
+
+
+def test_targets_of_the_wrong_shape_raise_value_error():
+    with pytest.raises(ValueError, match="expected"):
+        bounds.bound_table(mlp(n_out=2), inputs(4, 5), y=torch.zeros(4, 3, dtype=F64))
