@@ -1,9 +1,10 @@
 """flatcomp_tutorial: helpers for the book "Flat minima imply compressed representations".
 
-Modules, one concept each: ``data`` (datasets), ``models`` (network builders), ``training`` (SGD with
-history), ``sharpness`` (Hessian measures), ``geometry`` (Jacobian-based compression measures), ``bounds``
-(flatness => compression bounds with their slack), ``runtime`` (device, seeds, threads), ``checks`` (input
-validation), ``plotting``, ``widgets``, ``notebooks`` (executing the book).
+Modules, one concept each: ``data`` (datasets), ``models`` (network builders), ``training`` (SGD with a
+tracked history), ``experiments`` (sweeps, results store, correlations), ``batch`` (papermill batches),
+``sharpness`` (Hessian measures), ``geometry`` (Jacobian-based compression measures), ``bounds`` (flatness =>
+compression bounds with their slack), ``runtime`` (device, seeds, threads), ``checks`` (input validation),
+``plotting``, ``widgets``, ``notebooks`` (executing the book).
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 from .data import Dataset, load_dataset
 from .models import make_model
 from .runtime import configure, resolve_device
-from .training import train
-from . import bounds, geometry, plotting, sharpness, widgets  # noqa: E402  (fc.sharpness, fc.geometry, ...)
+from .training import TrainResult, train
+from .experiments import load_results, summarize, sweep
+from . import batch, bounds, experiments, geometry, plotting, sharpness, training, widgets  # noqa: E402
 
 try:
     __version__ = version("flatcomp-tutorial")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["Dataset", "load_dataset", "make_model", "train", "configure", "resolve_device", "__version__"]
+__all__ = ["Dataset", "load_dataset", "make_model", "train", "TrainResult", "sweep", "summarize", "load_results",
+           "configure", "resolve_device", "__version__"]

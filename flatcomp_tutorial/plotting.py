@@ -45,3 +45,330 @@ def show_images(x, labels=None, n: int = 16, ax=None, title: str | None = None):
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounds chapters ("Flatness implies compression: the bound", "Network-wide and reparametrization-invariant bounds")
+# ---------------------------------------------------------------------------------------------------------------
+def plot_b4_steps(steps: dict, ax=None, title: str | None = None):
+    """Stacked bars, one per network, of the slack (nats) of each link of B4's chain, from
+    ``{network label: bounds.b4_step_slacks(...)}``; rows of kind "step" are stacked (they add up to B4's
+    RHS − LHS, marked by a black tick), the "extra" block-trace link (Tr G_{W_1} ≤ Tr G) is drawn hatched on top."""
+    fig, ax = _axes(ax, width=max(4.2, 1.3 * len(steps) + 2.5), height=3.4)
+    labels = list(steps)
+    first = next(iter(steps.values()))
+    names = list(first.loc[first["kind"] == "step", "step"])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = np.arange(len(labels))
+    bottom = np.zeros(len(labels))
+    for k, name in enumerate(names):
+        vals = np.array([float(steps[l].set_index("step").loc[name, "slack"]) for l in labels])
+        vals = np.clip(vals, 0.0, None)  # round-off can make an exact step -1e-17
+        ax.bar(x, vals, bottom=bottom, color=colors[k % len(colors)], label=name, width=0.6)
+        bottom += vals
+    totals = np.array([float(steps[l].loc[steps[l]["kind"] == "total", "slack"].iloc[0]) for l in labels])
+    ax.scatter(x, totals, marker="_", s=400, color="k", zorder=3, label="total = B4 RHS − LHS")
+    extra = first.loc[first["kind"] == "extra", "step"]
+    if len(extra):
+        ev = np.array([float(steps[l].loc[steps[l]["kind"] == "extra", "slack"].iloc[0]) for l in labels])
+        ax.bar(x, ev, bottom=bottom, color="none", edgecolor="grey", hatch="//", width=0.6,
+               label=f"{extra.iloc[0]} (Tr G form only)")
+    ax.set_xticks(x, labels)
+    ax.set(ylabel="slack of each step (nats)", xlabel="network")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def geometric_spectrum(r: int, rho: float, sigma1: float = 1.0) -> np.ndarray:
+    """Singular values σ_j = σ_1 ρ^{j−1}, j = 1..r (a geometric spectrum; ρ = 1: all equal)."""
+    return sigma1 * float(rho) ** np.arange(int(r))
+
+
+def amgm_gap(sigma: np.ndarray) -> tuple[float, float]:
+    """(log LVR, its AM–GM bound): Σ_j log σ_j and (r/2) log(Σ_j σ_j² / r) for singular values ``sigma``."""
+    sigma = np.asarray(sigma, dtype=float)
+    r = sigma.size
+    return float(np.log(sigma).sum()), float(0.5 * r * np.log((sigma ** 2).sum() / r))
+
+
+def plot_amgm(rho: float = 0.7, r: int = 10, sigma1: float = 1.0, axes=None):
+    """AM–GM step of B4 for a geometric Jacobian spectrum σ_j = σ_1 ρ^{j−1}. Left: the spectrum. Right: log LVR and
+    its AM–GM bound (r/2) log(Σσ²/r) as functions of ρ (current ρ marked); the gap closes only at ρ = 1."""
+    fig, axes = _axes(axes, ncols=2, width=4.2, height=3.2)
+    ax_s, ax_b = axes
+    s = geometric_spectrum(r, rho, sigma1)
+    ax_s.semilogy(np.arange(1, r + 1), s, "o-")
+    ax_s.set(xlabel="index j", ylabel="singular value σ_j of J_x", title=f"spectrum: r={r}, ρ={rho:.2f}")
+    grid = np.linspace(0.05, 1.0, 96)
+    vals = np.array([amgm_gap(geometric_spectrum(r, g, sigma1)) for g in grid])
+    ax_b.plot(grid, vals[:, 0], label="log LVR = Σ log σ_j")
+    ax_b.plot(grid, vals[:, 1], "--", label="AM–GM bound (r/2) log(Σσ²/r)")
+    lv, bd = amgm_gap(s)
+    ax_b.vlines(rho, lv, bd, color="k", lw=2, label=f"slack at ρ: {bd - lv:.2f} nats")
+    ax_b.set(xlabel="decay ratio ρ = σ_{j+1}/σ_j", ylabel="log volume (nats)", title="AM–GM tightness")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    ax_b.legend(fontsize=8)
+    return fig
+
+
+def plot_slack_by_network(slacks: pd.DataFrame, ax=None, title: str | None = None):
+    """Slack (RHS/LHS, log scale) of several bounds across networks: ``slacks`` has one row per network (index =
+    network label) and one column per bound (e.g. "B1", "B2", "B6"); a dashed line marks slack 1 (a tight bound)."""
+    fig, ax = _axes(ax, width=max(4.2, 0.9 * len(slacks) + 2.5), height=3.4)
+    x = np.arange(len(slacks))
+    markers = "osD^v<>ph"
+    for k, col in enumerate(slacks.columns):
+        ax.plot(x, slacks[col].to_numpy(dtype=float), marker=markers[k % len(markers)], ls="-", label=str(col))
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(i) for i in slacks.index], rotation=30, ha="right")
+    ax.set(xlabel="network", ylabel="slack RHS / LHS (log scale)")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_rescaling(table: pd.DataFrame, ax=None, title: str | None = None):
+    """Quantities versus a rescaling factor c, each divided by its value at c = 1, on log-log axes. ``table`` has
+    one row per c (index = c) and one column per quantity; invariant quantities lie on the line y = 1."""
+    fig, ax = _axes(ax, width=5.2, height=3.6)
+    c = np.asarray(table.index, dtype=float)
+    ref = table.iloc[int(np.argmin(np.abs(np.log(c))))]
+    markers = "osD^v<>ph*"
+    for k, col in enumerate(table.columns):
+        ax.plot(c, table[col].to_numpy(dtype=float) / float(ref[col]), marker=markers[k % len(markers)], label=str(col))
+    ax.set(xscale="log", yscale="log", xlabel="rescaling factor c (W_l, b_l → cW_l, cb_l; W_{l+1} → W_{l+1}/c)",
+           ylabel="value / value at c = 1")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters "Measuring sharpness" and "Measuring compression"
+# ---------------------------------------------------------------------------------------------------------------
+def rescale_layer(model, layer: int, c: float):
+    """A copy of ``model`` with dense layer ``layer`` (1-based) rescaled, W_l, b_l → cW_l, cb_l, and the next dense
+    layer W_{l+1} → W_{l+1}/c (its bias unchanged). For a ReLU network (positive homogeneity) the function f is
+    unchanged; the Hessian of the loss is not (chapter "Measuring sharpness")."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    if not c > 0:
+        raise ValueError(f"c must be > 0 (ReLU is only positively homogeneous), got {c!r}")
+    new = copy.deepcopy(model)
+    lins = [m for m in new.modules() if isinstance(m, nn.Linear)]
+    if not 1 <= layer < len(lins):
+        raise ValueError(f"layer must be in 1..{len(lins) - 1} (it needs a following dense layer), got {layer!r}")
+    with torch.no_grad():
+        lins[layer - 1].weight.mul_(c)
+        if lins[layer - 1].bias is not None:
+            lins[layer - 1].bias.mul_(c)
+        lins[layer].weight.div_(c)
+    return new
+
+
+def rescaling_sweep(model, x, y, factors, layer: int = 1, probes: int = 32, seed: int = 0) -> pd.DataFrame:
+    """Sharpness measures of :func:`rescale_layer` copies of ``model``, one row per factor c (index ``c``):
+    ``max_output_change`` (max |f_c − f| on x), ``lambda_max`` (Lanczos, tol 1e-4), ``trace_h`` ± ``trace_h_stderr``
+    (Hutchinson with the Gauss–Newton control variate, ``probes`` probes), ``trace_g`` (exact), relative flatness
+    ``kappa_l`` and ``kappa_{l+1}`` and adaptive sharpness ``adaptive`` (Hutchinson, ``probes`` probes; with the same
+    probe seed these estimators are exactly invariant, not only in expectation). Loss: MSE (1/n) Σ ½||f − y||²."""
+    import torch
+
+    from . import sharpness as S
+
+    rows = []
+    with torch.no_grad():
+        f0 = model.eval()(x)
+    for c in factors:
+        m = rescale_layer(model, layer, float(c)).eval()
+        with torch.no_grad():
+            change = float((m(x) - f0).abs().max())
+        tr = S.hessian_trace(m, x, y, probes=probes, seed=seed, method="gn-control")
+        rows.append({
+            "c": float(c), "max_output_change": change,
+            "lambda_max": float(S.top_hessian_eigenvalues(m, x, y, k=1, tol=1e-4, seed=seed)[0]),
+            "trace_h": tr.mean, "trace_h_stderr": tr.stderr,
+            "trace_g": S.gauss_newton_trace(m, x),
+            f"kappa_{layer}": S.relative_flatness(m, x, y, layer, method="hutchinson", probes=probes, seed=seed),
+            f"kappa_{layer + 1}": S.relative_flatness(m, x, y, layer + 1, method="hutchinson", probes=probes, seed=seed),
+            "adaptive": S.adaptive_sharpness(m, x, y, probes=probes, seed=seed),
+        })
+    return pd.DataFrame(rows).set_index("c")
+
+
+def plot_rescaling_explorer(table: pd.DataFrame, log10_c: float = 0.0, columns=None, axes=None):
+    """Left: :func:`plot_rescaling` of ``table[columns]`` with a marker at c = 10**log10_c (the nearest row).
+    Right: the values at that c divided by those at c = 1 (bars, log scale)."""
+    columns = list(columns or [k for k in table.columns if k not in ("max_output_change",) and not k.endswith("stderr")])
+    fig, axes = _axes(axes, ncols=2, width=5.0, height=3.6)
+    plot_rescaling(table[columns], ax=axes[0])
+    c = np.asarray(table.index, dtype=float)
+    i = int(np.argmin(np.abs(np.log10(c) - log10_c)))
+    ref = table.iloc[int(np.argmin(np.abs(np.log(c))))]
+    axes[0].axvline(c[i], color="k", ls=":", lw=1)
+    ratios = [float(table.iloc[i][k]) / float(ref[k]) for k in columns]
+    axes[1].bar(range(len(columns)), ratios, color=[f"C{k}" for k in range(len(columns))])
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set(yscale="log", xticks=range(len(columns)), ylabel="value / value at c = 1",
+                title=f"c = {c[i]:.3g}")
+    axes[1].set_xticklabels(columns, rotation=45, ha="right", fontsize=8)
+    axes[1].grid(alpha=0.3, axis="y", which="both")
+    return fig
+
+
+def plot_trace_convergence(estimates: pd.DataFrame, exact: float | None = None, ax=None, title: str | None = None):
+    """Stochastic trace estimates ± stderr versus the number of probes (log x axis), one line per ``method``.
+    ``estimates`` has columns ``method``, ``probes``, ``mean``, ``stderr``; ``exact`` draws the reference value."""
+    fig, ax = _axes(ax, width=5.2, height=3.6)
+    for k, (method, g) in enumerate(estimates.groupby("method", sort=False)):
+        shift = 1.0 + 0.04 * k  # small horizontal offset so the error bars do not overlap
+        ax.errorbar(g["probes"] * shift, g["mean"], yerr=g["stderr"], marker="o", ms=4, capsize=3, label=method)
+    if exact is not None:
+        ax.axhline(exact, color="k", ls="--", lw=1, label="exact (dense Hessian)")
+    ax.set(xscale="log", xlabel="number of probe vectors (matrix-vector products)",
+           ylabel="Tr H estimate  (loss ½-MSE)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_spectral_density(grid, density, eigenvalues=None, ax=None, title: str | None = None, logy: bool = True,
+                          bins: int = 80):
+    """SLQ spectral density φ(λ) of a Hessian; ``eigenvalues`` (exact, e.g. from a dense Hessian) are overlaid as a
+    normalised histogram."""
+    fig, ax = _axes(ax, width=5.2, height=3.6)
+    if eigenvalues is not None:
+        ax.hist(np.asarray(eigenvalues), bins=bins, density=True, color="0.75", label="exact eigenvalues (histogram)")
+    ax.plot(grid, density, color="C0", label="SLQ density")
+    if logy:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=max(1e-5, float(np.max(density)) * 1e-6))
+    ax.set(xlabel="Hessian eigenvalue λ  (loss ½-MSE)", ylabel="density φ(λ)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_local_ellipse(model, x0, radius: float = 0.1, n_points: int = 400, seed: int = 0, axes=None):
+    """The meaning of LVR, MLS and D_loc for a map R² → R²: a disc of inputs of radius ``radius`` around ``x0``
+    (left) and its image under ``model`` (right, points) with the linearised image f(x0) + J_x u, an ellipse with
+    semi-axes radius·σ_1 and radius·σ_2 along the left singular vectors of J_x (dashed)."""
+    import torch
+
+    from .geometry import jacobians
+
+    x0 = torch.as_tensor(x0, dtype=next(model.parameters()).dtype).reshape(1, 2)
+    J = jacobians(model, x0)[0].double().numpy()
+    U, s, _ = np.linalg.svd(J)
+    rng = np.random.default_rng(seed)
+    r = radius * np.sqrt(rng.uniform(size=n_points))
+    t = rng.uniform(0, 2 * np.pi, size=n_points)
+    pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    with torch.no_grad():
+        out = model.eval()(x0 + torch.as_tensor(pts, dtype=x0.dtype)).double().numpy()
+        f0 = model(x0).double().numpy()[0]
+    circ = np.linspace(0, 2 * np.pi, 200)
+    unit = np.stack([np.cos(circ), np.sin(circ)], 1)
+    fig, axes = _axes(axes, ncols=2, width=4.0, height=3.8)
+    axes[0].scatter(pts[:, 0] + x0[0, 0].item(), pts[:, 1] + x0[0, 1].item(), s=4, c=t, cmap="twilight")
+    axes[0].plot(x0[0, 0].item() + radius * unit[:, 0], x0[0, 1].item() + radius * unit[:, 1], "k--", lw=1)
+    axes[0].set(xlabel="input x₁", ylabel="input x₂", title=f"inputs: disc of radius {radius:g}", aspect="equal")
+    axes[1].scatter(out[:, 0], out[:, 1], s=4, c=t, cmap="twilight")
+    ell = f0 + radius * unit @ (U * s).T
+    axes[1].plot(ell[:, 0], ell[:, 1], "k--", lw=1, label="f(x̄) + J_x u, ‖u‖ = radius")
+    for j in range(2):
+        end = f0 + radius * s[j] * U[:, j]
+        axes[1].annotate("", xy=end, xytext=f0, arrowprops=dict(arrowstyle="->", color=f"C{j + 1}", lw=2))
+        axes[1].text(*end, f" radius·σ{j + 1}", color=f"C{j + 1}", fontsize=9)
+    axes[1].set(xlabel="output f₁", ylabel="output f₂", aspect="equal",
+                title=f"outputs: σ₁ = {s[0]:.3g}, σ₂ = {s[1]:.3g}")
+    axes[1].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def ball_convergence_table(model, x, alphas, samples=(1000, 10000), seed: int = 0) -> pd.DataFrame:
+    """Relative error of the Gaussian-ball Monte-Carlo measures (:func:`~flatcomp_tutorial.geometry.gaussian_ball_measures`)
+    against the exact Jacobian values (:func:`~flatcomp_tutorial.geometry.local_measures`), median over the inputs
+    ``x``: one row per (alpha, samples) with columns ``lvr`` (|LVR_mc/LVR − 1|), ``mls`` and ``local_dim``."""
+    from .geometry import gaussian_ball_measures, local_measures
+
+    exact = local_measures(model, x)
+    rows = []
+    for s in samples:
+        for a in alphas:
+            mc = gaussian_ball_measures(model, x, float(a), int(s), seed=seed)
+            rows.append({"alpha": float(a), "samples": int(s),
+                         "lvr": float(np.median(np.abs(np.expm1(mc["log_lvr"] - exact["log_lvr"])))),
+                         "mls": float(np.median(np.abs(mc["mls"] / exact["mls"] - 1))),
+                         "local_dim": float(np.median(np.abs(mc["local_dim"] / exact["local_dim"] - 1)))})
+    return pd.DataFrame(rows)
+
+
+def plot_ball_convergence(table: pd.DataFrame, axes=None, title: str | None = None):
+    """Log-log relative error of the Monte-Carlo LVR, MLS and D_loc versus the ball variance α, one line per number
+    of samples (from :func:`ball_convergence_table`)."""
+    names = {"lvr": "LVR", "mls": "MLS", "local_dim": "local dim."}
+    fig, axes = _axes(axes, ncols=3, width=3.6, height=3.2)
+    for ax, (col, label) in zip(axes, names.items()):
+        for s, g in table.groupby("samples"):
+            ax.plot(g["alpha"], g[col], marker="o", ms=3, label=f"{s} samples")
+        ax.set(xscale="log", yscale="log", xlabel="ball variance α  (ε ~ N(0, αI))",
+               ylabel=f"relative error of {label}", title=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_layer_profiles(profiles: dict, axes=None, title: str | None = None):
+    """Layerwise local measures through depth (``{label: DataFrame}`` from
+    :func:`~flatcomp_tutorial.geometry.layerwise_measures`): mean log LVR, mean MLS and mean D_loc versus layer l, solid
+    for h_l versus the input (``rep_*``), dashed for f versus h_{l−1} (``out_*``)."""
+    cols = {"log_lvr": "mean log LVR", "mls": "mean MLS", "local_dim": "mean local dimensionality"}
+    fig, axes = _axes(axes, ncols=3, width=3.8, height=3.3)
+    for k, (label, df) in enumerate(profiles.items()):
+        for ax, (col, ylab) in zip(axes, cols.items()):
+            ax.plot(df["layer"], df[f"rep_{col}"], "-o", color=f"C{k}", label=f"{label}: h_l vs input")
+            ax.plot(df["layer"], df[f"out_{col}"], "--s", color=f"C{k}", label=f"{label}: f vs h_(l−1)")
+            ax.set(xlabel="dense layer l", ylabel=ylab, xticks=list(df["layer"]))
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_measure_histograms(measures: dict, axes=None, bins: int = 40, title: str | None = None):
+    """Histograms of per-input log LVR, MLS and D_loc (``{label: local_measures(...) dict}``), one colour per label."""
+    cols = {"log_lvr": "log LVR  (Σ_j log σ_j)", "mls": "MLS  (σ_1)", "local_dim": "local dimensionality"}
+    fig, axes = _axes(axes, ncols=3, width=3.8, height=3.2)
+    for ax, (col, xlab) in zip(axes, cols.items()):
+        vals = [np.asarray(m[col], dtype=float) for m in measures.values()]
+        edges = np.histogram_bin_edges(np.concatenate(vals), bins=bins)
+        for k, (label, v) in enumerate(zip(measures, vals)):
+            ax.hist(v, bins=edges, alpha=0.55, color=f"C{k}", label=label)
+        ax.set(xlabel=xlab, ylabel="number of training inputs")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -1,4 +1,5 @@
 """Models and training: determinism, history, divergence handling, bad input."""
+import copy
 import math
 
 import pytest
@@ -6,7 +7,18 @@ import torch
 from torch import nn
 
 import flatcomp_tutorial as fc
+import flatcomp_tutorial.sharpness  # noqa: F401  (fc.sharpness)
+import flatcomp_tutorial.training  # noqa: F401
 
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one CPU thread is fastest and immune to other processes on the machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 @pytest.fixture(scope="module")
 def small_digits():
@@ -90,8 +102,172 @@ def test_train_rejects_bad_arguments(small_digits, kwargs, match):
 
 
 def test_configure_fixes_threads_and_resolves_auto_device():
-    dev = fc.configure(seed=1, device="auto", threads=1)
-    assert torch.get_num_threads() == 1
+    dev = fc.configure(seed=1, device="auto", threads=2)
+    assert torch.get_num_threads() == 2
     assert dev.type in {"cpu", "cuda", "mps"}
     with pytest.raises(ValueError, match="device must be"):
         fc.resolve_device("gpu-please")
+
+
+# ------------------------------------------------------------------------------------ optimisers and dynamics
+def _mlp(data, seed=0, width=8):
+    return fc.make_model("mlp", data.input_shape, 2, width=width, seed=seed)
+
+
+def test_adam_optimizer_trains_and_differs_from_sgd(small_digits):
+    runs = {o: fc.train(_mlp(small_digits), small_digits, lr=0.01, batch_size=16, epochs=3, optimizer=o,
+                        progress=False) for o in ("sgd", "adam")}
+    assert runs["adam"].history.train_loss.iloc[-1] < runs["adam"].history.train_loss.iloc[0]
+    assert runs["adam"].history.train_loss.iloc[-1] != runs["sgd"].history.train_loss.iloc[-1]
+
+
+def test_label_noise_is_reproducible_for_a_seed_and_changes_the_trajectory(small_digits):
+    def run(noise, seed):
+        return fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=8, epochs=2, label_noise=noise,
+                        seed=seed, progress=False).history
+    a, b, c, clean = run(0.5, 1), run(0.5, 1), run(0.5, 2), run(0.0, 1)
+    assert a.equals(b)
+    assert not a.train_loss.equals(c.train_loss) and not a.train_loss.equals(clean.train_loss)
+
+
+def test_sam_step_uses_the_gradient_at_the_ascent_point(small_digits):
+    rho, lr = 0.05, 0.1
+    m0 = _mlp(small_digits)
+    ref = copy.deepcopy(m0)
+    fc.train(m0, small_digits, lr=lr, batch_size=small_digits.n_train, steps=1, sam_rho=rho, progress=False)
+    x, y = small_digits.x_train, small_digits.y_train
+    params = list(ref.parameters())
+    g = torch.autograd.grad(fc.training.loss_fn(ref(x), y), params)
+    norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+    with torch.no_grad():
+        for p, gi in zip(params, g):
+            p.add_(rho * gi / norm)
+    g_adv = torch.autograd.grad(fc.training.loss_fn(ref(x), y), params)
+    with torch.no_grad():
+        for p, gi, ga in zip(params, g, g_adv):
+            p.sub_(rho * gi / norm + lr * ga)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(m0.parameters(), ref.parameters()))
+
+
+def test_momentum_with_adam_is_rejected(small_digits):
+    with pytest.raises(ValueError, match="momentum is an SGD option"):
+        fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=8, steps=1, optimizer="adam", momentum=0.9)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(optimizer="lbfgs"), "optimizer must be one of"),
+    (dict(label_noise=-0.1), "label_noise must be a finite number >= 0"),
+    (dict(sam_rho=float("nan")), "sam_rho must be"),
+    (dict(late_phase_steps=-1), "late_phase_steps must be >= 0"),
+    (dict(measures=["sharpness"]), "unknown measure 'sharpness'"),
+    (dict(measures=["local"], measure_n=1), "measure_n must be >= 2"),
+])
+def test_train_rejects_bad_new_arguments(small_digits, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=8, steps=2, progress=False, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------- late phase
+@pytest.fixture(scope="module")
+def late_run(small_digits):
+    return fc.train(_mlp(small_digits, width=16), small_digits, lr=0.2, batch_size=8, epochs=200, track_every=40,
+                    late_phase_steps=30, late_phase_threshold=0.02, late_track_every=10, label_noise=0.05,
+                    progress=False)
+
+
+def test_late_phase_starts_at_the_first_check_below_the_threshold(late_run):
+    h, start = late_run.history, late_run.config["late_start_step"]
+    assert late_run.config["reached_threshold"] and start % 8 == 0  # checked once per epoch (64 / 8 steps)
+    first_late = h[h.phase == "late"].iloc[0]
+    assert first_late.step == start and first_late.train_loss < 0.02
+    assert (h[h.phase == "early"].step < start).all()
+
+
+def test_late_phase_trains_exactly_k_more_steps_with_dense_tracking(late_run):
+    late = late_run.history[late_run.history.phase == "late"]
+    start = late_run.config["late_start_step"]
+    assert list(late.step) == [start, start + 10, start + 20, start + 30]
+    assert late_run.config["steps_done"] == start + 30
+
+
+def test_late_phase_of_zero_steps_stops_at_the_threshold(small_digits):
+    r = fc.train(_mlp(small_digits, width=16), small_digits, lr=0.2, batch_size=8, epochs=200, late_phase_steps=0,
+                 late_phase_threshold=0.05, progress=False)
+    h = r.history
+    assert h.phase.iloc[-1] == "late" and (h.phase == "late").sum() == 1
+    assert h.train_loss.iloc[-1] < 0.05 and r.config["steps_done"] == r.config["late_start_step"] < 1600
+
+
+def test_unreached_threshold_stops_at_the_budget_and_says_so(small_digits):
+    r = fc.train(_mlp(small_digits), small_digits, lr=0.01, batch_size=8, steps=16, late_phase_steps=100,
+                 late_phase_threshold=1e-9, progress=False)
+    assert r.config["reached_threshold"] is False and r.config["steps_done"] == 16
+    assert set(r.history.phase) == {"early"}
+
+
+# --------------------------------------------------------------------------------------------------- measures
+@pytest.fixture(scope="module")
+def measured(small_digits):
+    names = ["lambda_max", "trace_h", "trace_g", "relative_flatness", "adaptive_sharpness", "test_lambda_max",
+             "test_trace_h", "local", "nmls", "global_pr", "bounds"]
+    return fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=16, steps=8, track_every=4,
+                    measures=names, measure_n=32, probes=4, label_noise=0.1, progress=False)
+
+
+def test_named_measures_add_their_columns_at_every_checkpoint(measured):
+    h = measured.history
+    cols = {"lambda_max", "trace_h", "trace_h_stderr", "trace_g", "trace_g_W1", "trace_g_W2", "trace_g_W3",
+            "relative_flatness", "adaptive_sharpness", "test_lambda_max", "test_trace_h", "mean_log_lvr",
+            "median_log_lvr", "mean_mls", "mean_local_dim", "nmls", "global_pr", "bounds_hold", "slack_B1",
+            "slack_B4", "slack_B6", "slack_B8"}
+    assert cols <= set(h.columns) and list(h.step) == [0, 4, 8]
+    assert h[sorted(cols)].notna().all().all() and measured.history.attrs["measure_errors"] == {}
+    assert (h.bounds_hold == 1).all()  # every bound holds at any parameters (with G), THEORY §4
+    assert set(h.attrs["measures"]) >= {"lambda_max", "local"} and "seeded" in h.attrs["measure_data"]
+
+
+def test_measures_are_computed_on_the_fixed_measurement_subset(measured, small_digits):
+    sub = fc.training.measurement_subset(small_digits, 32, 0)
+    assert sub.n_train == 32 and sub.n_test == 32
+    direct = fc.sharpness.gauss_newton_trace(measured.model.eval(), sub.x_train)
+    assert measured.history.trace_g.iloc[-1] == pytest.approx(direct, rel=1e-5)
+    other = fc.training.measurement_subset(small_digits, 32, 1)
+    assert not torch.equal(sub.x_train, other.x_train)
+
+
+def test_history_with_label_noise_and_measures_is_identical_for_the_same_seed(small_digits, measured):
+    again = fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=16, steps=8, track_every=4,
+                     measures=list(measured.history.attrs["measures"]), measure_n=32, probes=4, label_noise=0.1,
+                     progress=False)
+    assert again.history.equals(measured.history)
+
+
+def test_custom_measures_are_callables_of_model_and_measurement_data(small_digits):
+    r = fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=16, steps=4, track_every=2, measure_n=10,
+                 measures={"n_seen": lambda m, d: d.n_train, "w": lambda m, d: {"norm": 1.0, "sq": 2.0}},
+                 progress=False)
+    assert list(r.history.n_seen) == [10, 10, 10] and {"w_norm", "w_sq"} <= set(r.history.columns)
+
+
+def test_inapplicable_measure_gives_nan_and_keeps_the_reason(small_digits):
+    vit = fc.make_model("vit", small_digits.input_shape, 2, dim=8, heads=2, depth=1)
+    r = fc.train(vit, small_digits, lr=0.05, batch_size=16, steps=2, track_every=1, measures=["nmls"],
+                 measure_n=8, progress=False)
+    assert r.history.nmls.isna().all() and "nmls" in r.history.attrs["measure_errors"]
+
+
+def test_divergence_with_measures_is_recorded_not_raised(small_digits):
+    r = fc.train(_mlp(small_digits, width=16), small_digits, lr=1e4, batch_size=8, epochs=5, track_every=1,
+                 measures=["trace_g", "local"], measure_n=8, progress=False)
+    assert r.diverged and r.history.trace_g.notna().all()
+
+
+def test_progress_is_quiet_under_ci_or_flatcomp_progress_0(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("FLATCOMP_PROGRESS", "1")
+    assert fc.training.progress_enabled(None)
+    monkeypatch.setenv("CI", "true")
+    assert not fc.training.progress_enabled(None)
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("FLATCOMP_PROGRESS", "0")
+    assert not fc.training.progress_enabled(None) and fc.training.progress_enabled(True)
