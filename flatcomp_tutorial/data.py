@@ -109,6 +109,7 @@ def default_root() -> Path:
 
 
 def sha256(path: str | Path) -> str:
+    """Hex SHA-256 digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -123,3 +123,30 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def api_reference(module) -> str:
+    """Markdown reference of a module's public functions: signature and docstring, in source order (the book's
+    appendix renders this, so the reference is regenerated whenever the book is executed)."""
+    import inspect
+
+    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    items = []
+    for name in names:
+        obj = getattr(module, name, None)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)) or getattr(obj, "__module__", "") != module.__name__:
+            continue
+        try:
+            line = inspect.getsourcelines(obj)[1]
+        except (OSError, TypeError):
+            line = 0
+        items.append((line, name, obj))
+    parts = [f"### `{module.__name__}`\n", (inspect.getdoc(module) or "").split("\n\n")[0] + "\n"]
+    for _, name, obj in sorted(items, key=lambda t: t[0]):
+        try:
+            sig = str(inspect.signature(obj))
+        except (TypeError, ValueError):
+            sig = "(...)"
+        doc = inspect.getdoc(obj) or "(no docstring)"
+        parts.append(f"#### `{name}`\n\n```python\n{name}{sig}\n```\n\n```text\n{doc}\n```\n")
+    return "\n".join(parts)

@@ -15,6 +15,7 @@ from flatcomp_tutorial import notebooks as NB
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = sorted(BOOK.glob("*.ipynb"))
+FIGURELESS = {"api.ipynb"}  # the appendix API reference is text only
 ENV = dict(os.environ, FLATCOMP_PROGRESS="0", PYDEVD_DISABLE_FILE_VALIDATION="1")
 
 
@@ -69,8 +70,9 @@ def test_chapter_is_committed_executed_top_to_bottom_without_errors(path):
     counts = [c.execution_count for c in cells]
     assert all(counts) and counts == list(range(1, len(cells) + 1))
     assert not any(o.output_type == "error" for c in cells for o in c.outputs)
-    assert any(o.output_type == "display_data" and "image/png" in o.data for c in cells for o in c.outputs), \
-        "every chapter shows at least one figure"
+    if path.name not in FIGURELESS:
+        assert any(o.output_type == "display_data" and "image/png" in o.data for c in cells for o in c.outputs), \
+            "every chapter shows at least one figure"
 
 
 def test_papermill_runs_a_chapter_with_parameter_overrides(tmp_path):
