@@ -17,13 +17,6 @@ F64 = torch.float64
 FIRST_LAYER = ["B1", "B2", "B3", "B4", "B5"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread-pool overhead dominates, so run single-threaded and restore afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def mlp(n_out=2, width=6, depth=2, activation="tanh", d=5, seed=0, **kw):

@@ -22,13 +22,6 @@ from flatcomp_tutorial.checks import dense_layers
 
 from test_data import _idx_bytes, _register  # the fabricated-download helpers of the data tests
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one CPU thread is fastest and immune to other processes on the machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 TINY = dict(architectures={"mlp": {"width": 8}},

@@ -9,13 +9,6 @@ from flatcomp_tutorial import sharpness
 from flatcomp_tutorial.checks import dense_layers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one CPU thread is fastest and immune to other processes on the machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 DIGITS, CIFAR = (1, 8, 8), (3, 32, 32)
 CASES = [  # (kind, input_shape, options)

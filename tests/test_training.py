@@ -12,13 +12,6 @@ import flatcomp_tutorial.training  # noqa: F401
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one CPU thread is fastest and immune to other processes on the machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 @pytest.fixture(scope="module")
 def small_digits():
