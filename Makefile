@@ -11,7 +11,7 @@ export FLATCOMP_PROGRESS = 0
 export OMP_NUM_THREADS = $(THREADS)
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: install book execute html test unit nbval bench clean
+.PHONY: install book execute html test unit bench sweep clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ test: install
 
 unit: install
 	$(PY) -m pytest -p no:cacheprovider tests
+
+# The cpu-preset learning-rate x batch-size sweep (24 runs, resumable: finished runs are skipped).
+sweep: install
+	$(PY) -c "import flatcomp_tutorial as fc; r = fc.sweep(preset='cpu', store='data/results/cpu_sweep.jsonl', threads=1, progress=True); print(f'{len(r.ran)} runs done, {len(r.skipped)} already in {r.store}')"
 
 bench: install
 	$(PY) -m pip install --quiet --no-deps -r benchmarks/requirements.txt
