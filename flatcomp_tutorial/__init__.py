@@ -15,7 +15,8 @@ from .models import make_model
 from .runtime import configure, resolve_device
 from .training import TrainResult, train
 from .experiments import load_results, summarize, sweep
-from . import batch, bounds, experiments, geometry, notebooks, plotting, sharpness, training, widgets  # noqa: E402
+from . import bounds, experiments, geometry, plotting, sharpness, training, widgets  # noqa: E402
+# (batch and notebooks are command-line modules: import them explicitly)
 
 try:
     __version__ = version("flatcomp-tutorial")
