@@ -372,3 +372,415 @@ def plot_measure_histograms(measures: dict, axes=None, bins: int = 40, title: st
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reproduction chapters ("Reproduction I: the late phase", "Reproduction II: hyper-parameters and architectures")
+# ---------------------------------------------------------------------------------------------------------------
+_REPRO_LABELS = {
+    "train_loss": "training loss  (mean ½‖f−y‖²)",
+    "trace_h": "Tr H  (Hutchinson)",
+    "trace_g": "Tr G  (exact)",
+    "lambda_max": "λ_max(H)",
+    "test_trace_h": "Tr H on test data",
+    "test_lambda_max": "λ_max(H) on test data",
+    "relative_flatness": "relative flatness κ (last layer)",
+    "adaptive_sharpness": "adaptive sharpness Σθ²H_jj",
+    "mean_log_lvr": "mean log LVR  (nats)",
+    "mean_mls": "mean MLS  (σ_1 of ∂f/∂x)",
+    "mean_local_dim": "mean local dimensionality",
+    "nmls": "NMLS  (B6 left side)",
+    "global_pr": "global participation ratio",
+}
+
+
+def _plain_log_ticks(axis):
+    """Plain-number labels (e.g. 0.01, 30) on a log-scaled ``axis`` and no minor-tick labels (they overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def late_start_step(history: pd.DataFrame) -> float:
+    """The step of the first ``phase == "late"`` checkpoint of a history (NaN if it has none)."""
+    late = history.loc[history["phase"] == "late", "step"] if "phase" in history else pd.Series(dtype=float)
+    return float(late.iloc[0]) if len(late) else float("nan")
+
+
+def plot_late_phase(histories: dict, columns=("train_loss", "trace_h", "lambda_max", "mean_mls", "mean_log_lvr",
+                                                "mean_local_dim"), axes=None, ncols: int = 3, title: str | None = None):
+    """Time courses of several measures for several runs (``{label: TrainResult.history}``), one panel per column,
+    x = SGD step, the start of each run's late phase marked by a dotted vertical line in the run's colour.
+    ``trace_h`` is drawn with a ±1 stderr band and, where present, the exact ``trace_g`` dashed on the same panel;
+    ``train_loss`` on a log scale."""
+    columns = list(columns)
+    if axes is None:
+        nrows = int(np.ceil(len(columns) / ncols))
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.0 * nrows), constrained_layout=True,
+                                 squeeze=False)
+    else:
+        fig = np.ravel(axes)[0].figure
+    axes = np.ravel(axes)
+    for k, (label, h) in enumerate(histories.items()):
+        color = f"C{k}"
+        start = late_start_step(h)
+        for ax, col in zip(axes, columns):
+            if col not in h:
+                continue
+            ax.plot(h["step"], h[col], "-", color=color, lw=1.4, label=label)
+            if col == "trace_h" and "trace_h_stderr" in h:
+                ax.fill_between(h["step"], h[col] - h["trace_h_stderr"], h[col] + h["trace_h_stderr"], color=color,
+                                alpha=0.2, lw=0)
+                if "trace_g" in h:
+                    ax.plot(h["step"], h["trace_g"], "--", color=color, lw=1.0, label=f"{label}: Tr G (exact)")
+            if np.isfinite(start):
+                ax.axvline(start, color=color, ls=":", lw=1.0)
+    for ax, col in zip(axes, columns):
+        ax.set(xlabel="SGD step", ylabel=_REPRO_LABELS.get(col, col) + ("  ± stderr" if col == "trace_h" else ""))
+        if col == "train_loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(columns):]:
+        ax.axis("off")
+    axes[min(1, len(columns) - 1)].legend(fontsize=7)
+    if title:
+        fig.suptitle(title + "  (dotted: start of the late phase)")
+    return fig
+
+
+def plot_train_test_sharpness(histories: dict, train: str = "trace_h", test: str = "test_trace_h",
+                              compression: str = "mean_log_lvr", axes=None, title: str | None = None):
+    """Sharpness on training versus test data over training (left, log scale; solid train, dashed test) and a
+    compression measure (right), for ``{label: history}``; dotted lines mark the start of each late phase."""
+    fig, axes = _axes(axes, ncols=2, width=4.6, height=3.3)
+    for k, (label, h) in enumerate(histories.items()):
+        color, start = f"C{k}", late_start_step(h)
+        axes[0].plot(h["step"], h[train], "-", color=color, label=f"{label}: train")
+        axes[0].plot(h["step"], h[test], "--", color=color, label=f"{label}: test")
+        axes[1].plot(h["step"], h[compression], "-", color=color, label=label)
+        for ax in axes:
+            if np.isfinite(start):
+                ax.axvline(start, color=color, ls=":", lw=1.0)
+    axes[0].set(xlabel="SGD step", ylabel=_REPRO_LABELS.get(train, train) + "  (solid: train, dashed: test)",
+                yscale="log")
+    _plain_log_ticks(axes[0].yaxis)
+    axes[1].set(xlabel="SGD step", ylabel=_REPRO_LABELS.get(compression, compression))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def checkpoint_correlations(history: pd.DataFrame, phase: str = "late", sharpness=("trace_g", "trace_h", "lambda_max"),
+                            compression=("mean_mls", "mean_log_lvr", "mean_local_dim"), n_boot: int = 1000,
+                            seed: int = 0) -> pd.DataFrame:
+    """Correlations over the checkpoints of ONE run (rows with ``phase == phase``; ``"all"``: every row), with a
+    percentile bootstrap over checkpoints: :func:`~flatcomp_tutorial.experiments.summarize` applied with each
+    checkpoint as its own "run". Checkpoints of one trajectory are autocorrelated, so these intervals are
+    optimistic (too narrow); they measure how stable the rank order is, not independent replication."""
+    from .experiments import summarize
+
+    h = history if phase == "all" else history[history["phase"] == phase]
+    rows = [[dict(r, phase="late")] for r in h.to_dict(orient="records")]
+    out = summarize(pd.DataFrame({"history": rows, "diverged": False}), sharpness=sharpness, compression=compression,
+                    phase="late", n_boot=n_boot, seed=seed)
+    return out.assign(phase=phase).rename(columns={"n_runs": "n_checkpoints"}).drop(columns="n")
+
+
+def plot_correlations(table: pd.DataFrame, method: str = "spearman", group: str | None = None, ax=None,
+                      title: str | None = None):
+    """Forest plot of correlations with their CIs: one row per (sharpness, compression) pair of a
+    :func:`~flatcomp_tutorial.experiments.summarize`-style table (``method`` rows only), one marker colour per value
+    of ``group`` (a column, e.g. ``"run"`` or ``"arch"``), points at ``r``, bars from ``ci_low`` to ``ci_high``."""
+    t = table[table["method"] == method]
+    pairs = list(dict.fromkeys(zip(t["sharpness"], t["compression"])))
+    groups = list(dict.fromkeys(t[group])) if group else [None]
+    fig, ax = _axes(ax, width=5.6, height=0.32 * len(pairs) * max(1, len(groups)) + 1.2)
+    offsets = np.linspace(-0.3, 0.3, len(groups)) if len(groups) > 1 else [0.0]
+    for g, (gname, off) in enumerate(zip(groups, offsets)):
+        tg = t if gname is None else t[t[group] == gname]
+        for i, pair in enumerate(pairs):
+            row = tg[(tg["sharpness"] == pair[0]) & (tg["compression"] == pair[1])]
+            if not len(row):
+                continue
+            r = row.iloc[0]
+            y = len(pairs) - 1 - i + off
+            xerr = None
+            if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
+                xerr = [[r["r"] - r["ci_low"]], [r["ci_high"] - r["r"]]]
+            ax.errorbar(r["r"], y, xerr=xerr, fmt="o", color=f"C{g}", ms=4, capsize=2,
+                        label=str(gname) if (gname is not None and i == 0) else None)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(pairs)))
+    ax.set_yticklabels([f"{s} vs {c}" for s, c in pairs[::-1]], fontsize=8)
+    ax.set(xlabel=f"{method.capitalize()} correlation (95% CI)", xlim=(-1.05, 1.05))
+    ax.grid(alpha=0.3, axis="x")
+    if group:
+        ax.legend(fontsize=7, title=group)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_sweep_scatter(results: pd.DataFrame, sharpness=("trace_h", "lambda_max", "relative_flatness"),
+                       compression=("mean_mls", "mean_log_lvr", "mean_local_dim", "nmls"), color: str = "lr_over_b",
+                       axes=None, title: str | None = None):
+    """Grid of scatter plots, sharpness (rows) vs compression (columns), one point per run of a results table (e.g.
+    its matched-loss rows), coloured by ``color`` (``"lr_over_b"``: η/B, log colour scale); sharpness on a log axis."""
+    from matplotlib.colors import LogNorm
+
+    df = results.copy()
+    if color == "lr_over_b" and color not in df:
+        df[color] = df["lr"] / df["batch_size"]
+    c = df[color].astype(float).to_numpy()
+    norm = LogNorm(c.min(), c.max()) if (c > 0).all() and c.min() < c.max() else None
+    if axes is None:
+        fig, axes = plt.subplots(len(sharpness), len(compression), figsize=(3.1 * len(compression),
+                                 2.6 * len(sharpness)), constrained_layout=True, squeeze=False)
+    else:
+        fig = np.ravel(axes)[0].figure
+        axes = np.asarray(axes).reshape(len(sharpness), len(compression))
+    sc = None
+    for i, s in enumerate(sharpness):
+        for j, comp in enumerate(compression):
+            ax = axes[i, j]
+            sc = ax.scatter(df[comp], df[s], c=c, cmap="viridis", norm=norm, s=18)
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
+            ax.grid(alpha=0.3)
+            if i == len(sharpness) - 1:
+                ax.set_xlabel(_REPRO_LABELS.get(comp, comp), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(_REPRO_LABELS.get(s, s), fontsize=8)
+    if sc is not None:
+        fig.colorbar(sc, ax=axes, label="η/B" if color == "lr_over_b" else color, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_vs_lr_over_batch(results: pd.DataFrame, columns=("trace_h", "mean_mls", "mean_log_lvr", "mean_local_dim"),
+                          axes=None, title: str | None = None):
+    """Each column versus η/B (log x axis), one point per run, marker per batch size, with the mean over runs at each
+    η/B joined by a line."""
+    df = results.copy()
+    df["lr_over_b"] = df["lr"] / df["batch_size"]
+    fig, axes = _axes(axes, ncols=len(columns), width=3.3, height=3.0)
+    axes = np.atleast_1d(axes)
+    markers = "os^vDP*X"
+    for ax, col in zip(axes, columns):
+        for k, (b, g) in enumerate(df.groupby("batch_size")):
+            ax.scatter(g["lr_over_b"], g[col], marker=markers[k % len(markers)], s=20, label=f"B = {b}")
+        mean = df.groupby("lr_over_b")[col].mean()
+        ax.plot(mean.index, mean.values, "k-", lw=0.8, alpha=0.6)
+        ax.set(xscale="log", xlabel="η/B  (learning rate / batch size)", ylabel=_REPRO_LABELS.get(col, col))
+        _plain_log_ticks(ax.xaxis)
+        if col in ("trace_h", "trace_g", "lambda_max", "test_trace_h"):
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_train_vs_test(results: pd.DataFrame, train: str = "trace_h", test: str = "test_trace_h",
+                       color: str = "lr_over_b", ax=None, title: str | None = None):
+    """Test-data sharpness against training-data sharpness, one point per run, log–log, with the diagonal."""
+    from matplotlib.colors import LogNorm
+
+    df = results.copy()
+    if color == "lr_over_b" and color not in df:
+        df[color] = df["lr"] / df["batch_size"]
+    fig, ax = _axes(ax, width=4.4, height=3.6)
+    c = df[color].astype(float).to_numpy()
+    sc = ax.scatter(df[train], df[test], c=c, cmap="viridis", norm=LogNorm(c.min(), c.max()) if c.min() > 0 else None,
+                    s=20)
+    lo = np.nanmin(np.r_[df[train], df[test]])
+    hi = np.nanmax(np.r_[df[train], df[test]])
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="test = train")
+    ax.set(xscale="log", yscale="log", xlabel=_REPRO_LABELS.get(train, train) + " (training data)",
+           ylabel=_REPRO_LABELS.get(test, test))
+    fig.colorbar(sc, ax=ax, label="η/B" if color == "lr_over_b" else color)
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters "Why SGD finds flat minima" and "Local dimensionality is not controlled by sharpness"
+# ---------------------------------------------------------------------------------------------------------------
+def quadratic_gd(lam: float, lr: float, theta0: float = 1.0, steps: int = 30) -> np.ndarray:
+    """Iterates θ_t = (1 − ηλ)^t θ_0 of gradient descent on the quadratic L(θ) = ½λθ², t = 0..steps."""
+    return theta0 * (1.0 - lr * lam) ** np.arange(steps + 1)
+
+
+def plot_quadratic_gd(lam: float = 1.0, lrs=(0.5, 1.5, 1.9, 2.1), steps: int = 30, axes=None):
+    """Linear stability of GD on L(θ) = ½λθ². Left: |θ_t| versus step for each learning rate η (log scale);
+    right: the per-step factor |1 − ηλ| versus ηλ, which exceeds 1 (divergence) exactly when ηλ > 2."""
+    fig, axes = _axes(axes, ncols=2, width=4.4, height=3.3)
+    for k, lr in enumerate(lrs):
+        th = np.abs(quadratic_gd(lam, lr, steps=steps))
+        axes[0].plot(np.arange(steps + 1), np.maximum(th, 1e-300), "-o", ms=3, color=f"C{k}",
+                     label=f"ηλ = {lr * lam:g}")
+    axes[0].set(yscale="log", xlabel="GD step t", ylabel="|θ_t| (θ_0 = 1)", title=f"GD on ½λθ², λ = {lam:g}")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(alpha=0.3, which="both")
+    el = np.linspace(0, 3, 301)
+    axes[1].plot(el, np.abs(1 - el), "k-")
+    axes[1].axhline(1, color="grey", ls=":")
+    axes[1].axvline(2, color="C3", ls="--", label="ηλ = 2  (λ = 2/η)")
+    for k, lr in enumerate(lrs):
+        axes[1].plot(lr * lam, abs(1 - lr * lam), "o", color=f"C{k}")
+    axes[1].set(xlabel="ηλ (learning rate × curvature)", ylabel="contraction factor |1 − ηλ| per step",
+                title="stable iff |1 − ηλ| ≤ 1")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3)
+    return fig
+
+
+def plot_edge_of_stability(histories: dict, column: str = "lambda_max", axes=None, title: str | None = None):
+    """Full-batch GD runs ``{learning rate η: history}``: left, ``column`` (λ_max of the training-loss Hessian) versus
+    step with the stability threshold 2/η dashed in the same colour; right, the training loss (log scale)."""
+    fig, axes = _axes(axes, ncols=2, width=4.6, height=3.4)
+    for k, (lr, h) in enumerate(histories.items()):
+        axes[0].plot(h["step"], h[column], "-", marker=".", color=f"C{k}", label=f"η = {lr:g}")
+        axes[0].axhline(2.0 / lr, color=f"C{k}", ls="--", lw=1, label=f"2/η = {2.0 / lr:g}")
+        axes[1].plot(h["step"], h["train_loss"], "-", color=f"C{k}", label=f"η = {lr:g}")
+    axes[0].set(xlabel="GD step (full batch)", ylabel="λ_max(H), training loss")
+    axes[1].set(yscale="log", xlabel="GD step (full batch)", ylabel="training loss (1/n)Σ½‖f−y‖²")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_lr_batch_grid(table: pd.DataFrame, compression: str = "mean_mls", axes=None, title: str | None = None):
+    """SGD runs over a learning-rate × batch-size grid (``table`` columns ``lr``, ``batch_size``, ``trace_g`` and
+    ``compression``). Left: Tr G versus the toy stability bound 2B/η (log-log, the line y = x dashed: points below it
+    satisfy Tr G ≤ 2B/η); right: ``compression`` versus Tr G. Colour = learning rate, marker = batch size."""
+    fig, axes = _axes(axes, ncols=2, width=4.6, height=3.5)
+    lrs = sorted(table["lr"].unique())
+    bss = sorted(table["batch_size"].unique())
+    markers = "osD^v<>ph*"
+    for _, row in table.iterrows():
+        c = f"C{lrs.index(row['lr'])}"
+        m = markers[bss.index(row["batch_size"]) % len(markers)]
+        axes[0].plot(2 * row["batch_size"] / row["lr"], row["trace_g"], m, color=c, ms=7)
+        axes[1].plot(row["trace_g"], row[compression], m, color=c, ms=7)
+    lim = np.array([min(table["trace_g"].min(), (2 * table["batch_size"] / table["lr"]).min()) / 2,
+                    (2 * table["batch_size"] / table["lr"]).max() * 2])
+    axes[0].plot(lim, lim, "k--", lw=1, label="Tr G = 2B/η")
+    axes[0].set(xscale="log", yscale="log", xlabel="toy stability bound 2B/η", ylabel="Tr G at matched training loss")
+    axes[1].set(xlabel="Tr G at matched training loss", ylabel=compression.replace("_", " ") + " (training inputs)")
+    handles = [plt.Line2D([], [], color=f"C{k}", marker="o", ls="", label=f"η = {lr:g}") for k, lr in enumerate(lrs)]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[k % len(markers)], ls="", label=f"B = {b:g}")
+                for k, b in enumerate(bss)]
+    axes[0].legend(handles=handles + axes[0].get_legend_handles_labels()[0], fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_measure_trajectories(histories: dict, columns: dict, x: str = "step", axes=None, title: str | None = None,
+                              logy=()):
+    """Tracked measures of several runs (``{run label: history}``) versus ``x``, one panel per entry of
+    ``columns`` (``{history column: axis label}``); a dotted vertical line marks the start of each run's late phase
+    (first row with ``phase == "late"``). Columns named in ``logy`` get a log y axis."""
+    fig, axes = _axes(axes, ncols=len(columns), width=3.9, height=3.3)
+    axes = np.atleast_1d(axes)
+    for k, (label, h) in enumerate(histories.items()):
+        late = h.loc[h["phase"] == "late", x] if "phase" in h else pd.Series(dtype=float)
+        for ax, col in zip(axes, columns):
+            ax.plot(h[x], h[col], "-", marker=".", color=f"C{k}", label=label)
+            if len(late):
+                ax.axvline(late.iloc[0], color=f"C{k}", ls=":", lw=1)
+    for ax, (col, ylab) in zip(axes, columns.items()):
+        ax.set(xlabel="SGD step" if x == "step" else x, ylabel=ylab, yscale="log" if col in logy else "linear")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_weight_scaling(table: pd.DataFrame, ax=None, title: str | None = None):
+    """Quantities versus a global weight scale c (every weight matrix W_l → cW_l of a bias-free ReLU network, so
+    f → c^L f), each divided by its value at c = 1, on log-log axes (``table``: index c, one column per positive
+    quantity). Scale-invariant quantities lie on y = 1."""
+    fig = plot_rescaling(table, ax=ax, title=title)
+    fig.axes[0].set_xlabel("weight scale c (every W_l → cW_l, no biases)")
+    return fig
+
+
+def plot_sharpness_vs_compression(results: pd.DataFrame, sharpness: str, compression: dict, axes=None,
+                                  title: str | None = None):
+    """Scatter of each compression measure (``{column: axis label}``) against ``sharpness`` across runs, colour =
+    learning rate ``lr``, marker = batch size ``batch_size`` (one point per run)."""
+    fig, axes = _axes(axes, ncols=len(compression), width=3.9, height=3.4)
+    axes = np.atleast_1d(axes)
+    lrs = sorted(results["lr"].unique())
+    bss = sorted(results["batch_size"].unique())
+    markers = "osD^v<>ph*"
+    for ax, (col, ylab) in zip(axes, compression.items()):
+        for _, row in results.iterrows():
+            ax.plot(row[sharpness], row[col], markers[bss.index(row["batch_size"]) % len(markers)],
+                    color=f"C{lrs.index(row['lr'])}", ms=7)
+        ax.set(xlabel=sharpness.replace("_", " "), ylabel=ylab)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=f"C{k}", marker="o", ls="", label=f"η = {lr:g}") for k, lr in enumerate(lrs)]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[k % len(markers)], ls="", label=f"B = {b:g}")
+                for k, b in enumerate(bss)]
+    axes[0].legend(handles=handles, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def scale_weights(model, c: float):
+    """A copy of ``model`` with every parameter multiplied by ``c``. For a bias-free ReLU MLP with L dense layers
+    (positive homogeneity) f → c^L f, so J_x → c^L J_x and ∂f/∂W_l → c^{L−1} ∂f/∂W_l (chapter "Local
+    dimensionality is not controlled by sharpness")."""
+    import copy
+
+    import torch
+
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(c)
+    return scaled
+
+
+def weight_scaling_table(model, x, y, factors) -> pd.DataFrame:
+    """Sharpness, bound left-hand sides and compression of :func:`scale_weights` copies of ``model`` on inputs
+    ``x`` (targets ``y``), one row per factor c (index ``c``): ``train_loss`` ((1/n) Σ ½||f − y||²), exact
+    ``trace_g``, ``mean_mls_sq`` ((1/n) Σ MLS², left side of B1), ``gm_lvr`` (exp of the mean log LVR, left side
+    of B4), ``nmls`` (left side of B6) and ``mean_local_dim``."""
+    import torch
+
+    from . import bounds, geometry, sharpness, training
+
+    rows = []
+    for c in factors:
+        m = scale_weights(model, c).eval()
+        with torch.no_grad():
+            loss = float(training.loss_fn(m(x), y))
+        loc = geometry.local_measures(m, x)
+        rows.append({"c": float(c), "train_loss": loss, "trace_g": float(sharpness.gauss_newton_trace(m, x)),
+                     "mean_mls_sq": float(np.mean(loc["mls"] ** 2)), "gm_lvr": float(np.exp(np.mean(loc["log_lvr"]))),
+                     "nmls": float(bounds.nmls(m, x)), "mean_local_dim": float(np.mean(loc["local_dim"]))})
+    return pd.DataFrame(rows).set_index("c")
