@@ -15,7 +15,7 @@ from flatcomp_tutorial import notebooks as NB
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = sorted(BOOK.glob("*.ipynb"))
-FIGURELESS = {"api.ipynb"}  # the appendix API reference is text only
+FIGURELESS = {"api.ipynb", "paper_scale.ipynb"}  # API reference and the how-to of running at scale: text and tables
 ENV = dict(os.environ, FLATCOMP_PROGRESS="0", PYDEVD_DISABLE_FILE_VALIDATION="1")
 
 
