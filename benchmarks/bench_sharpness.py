@@ -25,7 +25,8 @@ from flatcomp_tutorial.models import make_model
 REPEATS = 3
 PROBES = 100
 CV_PROBES = 8
-EIG_TOL = 1e-3
+# eigsh settings (ncv, tol) tried for the top eigenvalue; the cheapest that meets 1e-3 relative error is timed
+EIG_SETTINGS = [(ncv, tol) for ncv in (4, 6, 8, 12, 20) for tol in (1e-1, 1e-2, 1e-3)]
 
 
 def _timed(fn, repeats=REPEATS, warmup=True):
@@ -132,10 +133,26 @@ def main(threads: int = 2) -> str:
     # ------------------------------------------------------------------ λ_max
     ref = float(S.top_hessian_eigenvalues(model, x, y, k=1, tol=1e-10, ncv=40)[0])
     lam_rows = ["| method | ms | HVPs | λ_max | rel. error |", "|---|---|---|---|---|"]
-    t_ours, (lam, mv_ours) = _timed(lambda: S.top_hessian_eigenvalues(model, x, y, k=1, tol=EIG_TOL,
-                                                                      return_matvecs=True))
-    lam = float(lam[0])
-    lam_rows.append(_row("ours: Lanczos (eigsh), tol 1e-3", t_ours, mv_ours, f"{lam:.5f}",
+
+
+    def cheapest(run):
+        """The eigsh setting (ncv, tol) with the fewest HVPs whose answer is within 1e-3 of the reference. Both
+        eigsh users (ours, curvlinops) get this search, as PyHessian gets its tolerance tightened until it meets the
+        target, so no method is charged for surplus accuracy. ``run(ncv, tol) -> (value, matvecs)``."""
+        ok = []
+        for ncv, tol in EIG_SETTINGS:
+            val, mv = run(ncv, tol)
+            if abs(float(val) - ref) / ref <= 1e-3:
+                ok.append((mv, ncv, tol))
+        return min(ok)[1:] if ok else EIG_SETTINGS[-1]
+
+    def run_ours(ncv, tol):
+        val, mv = S.top_hessian_eigenvalues(model, x, y, k=1, tol=tol, ncv=ncv, return_matvecs=True)
+        return float(val[0]), mv
+
+    ncv_ours, tol_ours = cheapest(run_ours)
+    t_ours, (lam, mv_ours) = _timed(lambda: run_ours(ncv_ours, tol_ours))
+    lam_rows.append(_row(f"ours: Lanczos (eigsh), ncv {ncv_ours}, tol {tol_ours:g}", t_ours, mv_ours, f"{lam:.5f}",
                          f"{abs(lam - ref) / ref:.1e}"))
     ratios_eig, ratios_tr, notes = {}, {}, []
 
@@ -196,7 +213,7 @@ def main(threads: int = 2) -> str:
         def make_op():
             return HessianLinearOperator(model, _HalfSSE(n), params, [(x, y)], check_deterministic=False)
 
-        def run_cl():
+        def run_cl(ncv=None, tol=None):
             A = make_op().to_scipy()
             count = [0]
 
@@ -206,11 +223,13 @@ def main(threads: int = 2) -> str:
 
             from scipy.sparse.linalg import LinearOperator
             L = LinearOperator(A.shape, matvec=mv, dtype=np.float32)
-            val = eigsh(L, k=1, which="LA", tol=EIG_TOL, v0=np.random.default_rng(0).standard_normal(P))[0][0]
+            val = eigsh(L, k=1, which="LA", tol=tol, ncv=ncv, v0=np.random.default_rng(0).standard_normal(P))[0][0]
             return float(val), count[0]
 
-        t_cl, (lam_cl, mv_cl) = _timed(run_cl)
-        lam_rows.append(_row("curvlinops 3: HessianLinearOperator + eigsh, tol 1e-3", t_cl, mv_cl, f"{lam_cl:.5f}",
+        ncv_cl, tol_cl = cheapest(run_cl)
+        t_cl, (lam_cl, mv_cl) = _timed(lambda: run_cl(ncv_cl, tol_cl))
+        lam_rows.append(_row(f"curvlinops 3: HessianLinearOperator + eigsh, ncv {ncv_cl}, tol {tol_cl:g}", t_cl, mv_cl,
+                             f"{lam_cl:.5f}",
                              f"{abs(lam_cl - ref) / ref:.1e}"))
         ratios_eig["curvlinops"] = t_cl / t_ours
 
