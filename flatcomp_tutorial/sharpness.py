@@ -219,18 +219,23 @@ def _hvp_batch_fwd_over_rev(prob: _Problem, V: torch.Tensor) -> torch.Tensor:
     """H V for V of shape (m, dim): forward-over-reverse ``jvp(grad(L))`` with torch.func, vmapped over m.
 
     Kept as the reference alternative (the benchmark compares it); :func:`_hvp_operator` is faster on CPU."""
+    def per_chunk(sl: slice):
+        g = grad(prob.chunk_loss(sl))
+        return lambda t: jvp(g, (prob.block,), (t,))[1]
+
+    return _sum_over_chunks(prob, V, per_chunk)
+
+
+def _sum_over_chunks(prob: _Problem, V: torch.Tensor, per_chunk: Callable) -> torch.Tensor:
+    """Σ over data chunks of a per-vector product ``per_chunk(slice)(t)`` (t a parameter dict), applied to every
+    row of V (m, dim) with vmap (a plain call when m = 1)."""
     out = torch.zeros_like(V)
     for sl in prob.chunks():
-        g = grad(prob.chunk_loss(sl))
-
-        def one(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return jvp(g, (prob.block,), (t,))[1]
-
+        one = per_chunk(sl)
         if V.shape[0] == 1:
-            res = prob.flatten(one(prob.unflatten(V[0])))[None]
+            out += prob.flatten(one(prob.unflatten(V[0])))[None]
         else:
-            res = prob.flatten(vmap(one)(prob.unflatten(V)), batch_dims=1)
-        out += res
+            out += prob.flatten(vmap(one)(prob.unflatten(V)), batch_dims=1)
     return out
 
 
@@ -298,8 +303,7 @@ def _ce_lambda(out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def _ggnvp_batch(prob: _Problem, V: torch.Tensor) -> torch.Tensor:
     """G V = (1/n) Σ Jᵀ Λ J V: jvp for J v, Λ, then vjp; vmapped over the m vectors."""
-    out = torch.zeros_like(V)
-    for sl in prob.chunks():
+    def per_chunk(sl: slice):
         xb = prob.x[sl]
 
         def f(p):
@@ -312,12 +316,9 @@ def _ggnvp_batch(prob: _Problem, V: torch.Tensor) -> torch.Tensor:
             u = jv if prob.loss == "mse" else _ce_lambda(fx, jv)
             return vjp_fn(u / prob.n)[0]
 
-        if V.shape[0] == 1:
-            res = prob.flatten(one(prob.unflatten(V[0])))[None]
-        else:
-            res = prob.flatten(vmap(one)(prob.unflatten(V)), batch_dims=1)
-        out += res
-    return out
+        return one
+
+    return _sum_over_chunks(prob, V, per_chunk)
 
 
 def _matvec_fn(prob: _Problem, curvature: str):
