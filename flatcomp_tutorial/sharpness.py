@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
@@ -199,6 +200,18 @@ def _as_vectors(prob: _Problem, v, name="v") -> tuple[torch.Tensor, bool]:
         raise ValueError(f"{name} contains NaN or inf.")
     v = v.to(device=prob.device, dtype=prob.dtype)
     return (v[None] if single else v), single
+
+
+def _probe_group(prob: _Problem, probe_batch: int | None) -> int:
+    """How many products to compute together. ``None``: batch on accelerators (32); on CPU batch only small
+    problems, since batched double backward costs more per vector than one-at-a-time products once n·P is large
+    (measured on 2 cores: 32 per call is 6× faster at n·P ≈ 2e5, 2× slower at n·P ≈ 1e7)."""
+    if probe_batch is not None:
+        return _check_probes(probe_batch, 1, "probe_batch")
+    if prob.device.type != "cpu":
+        return 32
+    work = prob.n * sum(p.numel() for p in prob.model.parameters())
+    return int(min(32, max(1, round(8e6 / max(work, 1)))))
 
 
 def _check_probes(probes, minimum=1, name="probes"):
@@ -535,8 +548,11 @@ def top_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
         op = LinearOperator((P, P), matvec=matvec, dtype=np.float64)
         v0 = np.random.default_rng(seed).standard_normal(P)
-        vals, vecs = eigsh(op, k=int(k), which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter,
-                           return_eigenvectors=True)
+        # ARPACK's BLAS threads spin after each call and starve torch's threads during the next matvec (twice the
+        # wall time on 2 cores, benchmarks/results.md); ARPACK's own vector work is tiny, so it gets one thread.
+        with threadpool_limits(limits=1, user_api="blas"):
+            vals, vecs = eigsh(op, k=int(k), which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter,
+                               return_eigenvectors=True)
     order = {"LA": np.argsort(-vals), "SA": np.argsort(vals), "LM": np.argsort(-np.abs(vals))}[which]
     vals, vecs = vals[order], vecs[:, order]
     out: list = [vals]
@@ -562,7 +578,7 @@ def _quad_forms(mv, V: torch.Tensor, group: int) -> torch.Tensor:
 
 def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse", probes: int = 100,
                   seed: int = 0, method: str = "hutchinson", parameters: Sequence[str] | None = None,
-                  batch_size: int | None = None, probe_batch: int = 32,
+                  batch_size: int | None = None, probe_batch: int | None = None,
                   curvature: str = "hessian") -> Estimate:
     """Stochastic trace of H (or of its diagonal block for ``parameters``) with Rademacher probes z.
 
@@ -572,7 +588,7 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
     Tr H = Tr G (exact, :func:`gauss_newton_trace`) + Hutchinson on R = H − G (control variate; each probe costs
     2 products, counted in ``matvecs``). Near a minimum R is small, so its variance 2||R||_F² (off-diagonal) is far
     below that of H: on the trained digits MLP the per-probe std drops about 25×. ``probe_batch``
-    products are computed together (vmap). ``curvature="gauss_newton"`` estimates Tr G instead.
+    products are computed together (batched autograd; ``None`` picks by problem size and device). ``curvature="gauss_newton"`` estimates Tr G instead.
     Chapter "Measuring sharpness".
     """
     if method not in ("hutchinson", "hutch++", "gn-control"):
@@ -583,9 +599,9 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
     probes = _check_probes(probes, 3 if method == "hutch++" else 1,
                            "probes" + (" (hutch++ needs >= 3: sketch, projection, residual)"
                                        if method == "hutch++" else ""))
-    probe_batch = _check_probes(probe_batch, 1, "probe_batch")
     with measurement_mode(model):
         prob = _problem(model, x, y, loss, batch_size, parameters, need_y=curvature == "hessian")
+        probe_batch = _probe_group(prob, probe_batch)
         mv = _matvec_fn(prob, curvature)
         gen = torch.Generator().manual_seed(seed)
         if method == "hutchinson":
@@ -728,7 +744,7 @@ def _resolve_layer(model: nn.Module, layer: int | str) -> tuple[str, nn.Linear]:
 
 def relative_flatness(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, layer: int | str,
                       loss: str = "mse", method: str = "exact", curvature: str = "hessian", probes: int = 100,
-                      seed: int = 0, batch_size: int | None = None, probe_batch: int = 32,
+                      seed: int = 0, batch_size: int | None = None, probe_batch: int | None = None,
                       return_estimate: bool = False) -> float | Estimate:
     """Relative flatness κ_l = Σ_{s,s'} ⟨w_s, w_{s'}⟩ Tr(H_{s,s'}) of dense layer ``layer`` (Petzka et al. 2021).
 
@@ -748,6 +764,7 @@ def relative_flatness(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
         name, lin = _resolve_layer(model, layer)
         key = f"{name}.weight" if name else "weight"
         prob = _problem(model, x, y, loss, batch_size, [key], need_y=curvature == "hessian")
+        probe_batch = _probe_group(prob, probe_batch)
         mv = _matvec_fn(prob, curvature)
         W = prob.block[key]
         m_out, m_in = W.shape
@@ -774,7 +791,7 @@ def relative_flatness(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
 
 def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
                        method: str = "hutchinson", probes: int = 100, seed: int = 0,
-                       batch_size: int | None = None, probe_batch: int = 32,
+                       batch_size: int | None = None, probe_batch: int | None = None,
                        parameters: Sequence[str] | None = None, return_estimate: bool = False) -> float | Estimate:
     """Adaptive (elementwise) sharpness S_ad = Σ_j θ_j² H_jj = Tr(diag(θ) H diag(θ)).
 
@@ -786,6 +803,7 @@ def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss:
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
     with measurement_mode(model):
         prob = _problem(model, x, y, loss, batch_size, parameters)
+        probe_batch = _probe_group(prob, probe_batch)
         theta = prob.flatten(prob.block)
         if method == "exact":
             P = prob.dim

@@ -253,6 +253,27 @@ def test_hutchinson_stderr_shrinks_with_more_probes():
     assert many.stderr < 0.5 * few.stderr  # ideal ratio is √25 = 5
 
 
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "gn-control"])
+def test_trace_estimate_does_not_depend_on_how_many_probes_are_batched(method):
+    """probe_batch only groups the products (None picks a group size by problem size): same probes, same answer."""
+    model = _mlp()
+    x, y = _data(model, (4,))
+    ests = [S.hessian_trace(model, x, y, probes=12, seed=4, method=method, probe_batch=b) for b in (None, 1, 5, 12)]
+    for est in ests[1:]:
+        assert close(est.mean, ests[0].mean, rtol=1e-10) and close(est.stderr, ests[0].stderr, rtol=1e-8)
+
+
+def test_eigensolver_leaves_the_blas_thread_settings_as_it_found_them():
+    """ARPACK's BLAS runs single-threaded during eigsh (its spinning threads starve torch); restored afterwards."""
+    from threadpoolctl import threadpool_info
+
+    before = [(d["filepath"], d["num_threads"]) for d in threadpool_info()]
+    model = _mlp()
+    x, y = _data(model, (4,))
+    S.top_hessian_eigenvalues(model, x, y, k=2)
+    assert [(d["filepath"], d["num_threads"]) for d in threadpool_info()] == before
+
+
 def test_hutch_plus_plus_has_smaller_stderr_than_hutchinson_at_equal_budget():
     model = _mlp(width=4, depth=1)  # P = 35: a budget of 90 products sketches 30 directions
     x, y = _data(model, (4,))
