@@ -105,10 +105,18 @@ def main(threads: int = 2) -> str:
         return torch.autograd.grad(loss, params)
 
     v = torch.randn(P, generator=torch.Generator().manual_seed(0))
+    v_parts = [t.reshape(p.shape) for t, p in zip(v.split([p.numel() for p in params]), params)]
+
+    def plain_double_backward():
+        loss = 0.5 * ((model(x) - y) ** 2).sum() / n
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        return torch.autograd.grad(g, params, grad_outputs=v_parts)
+
     prob = S._problem(model, x, y, "mse")
     op = S._hvp_operator(prob)
     t_grad, _ = _timed(gradient, 7)
     t_hvp, _ = _timed(lambda: S.hvp(model, x, y, v), 7)
+    t_plain, _ = _timed(plain_double_backward, 7)
     t_cached, _ = _timed(lambda: op(v[None]), 7)
     t_fwd, _ = _timed(lambda: S._hvp_batch_fwd_over_rev(prob, v[None]), 7)
     V = torch.randn(PROBES // 4, P)
@@ -120,13 +128,19 @@ def main(threads: int = 2) -> str:
         "|---|---|---|",
         f"| gradient (autograd) | {t_grad * 1e3:.1f} | 1.00 |",
         f"| `hvp()` public call: double backward, graph built each call | {t_hvp * 1e3:.1f} | {t_hvp / t_grad:.2f} |",
+        f"| bare double backward on the module (no input checks, no flattening) | {t_plain * 1e3:.1f} | "
+        f"{t_plain / t_grad:.2f} |",
         f"| forward-over-reverse `jvp(grad)` (torch.func) | {t_fwd * 1e3:.1f} | {t_fwd / t_grad:.2f} |",
         f"| inside estimators: cached gradient graph, one vector | {t_cached * 1e3:.1f} | {t_cached / t_grad:.2f} |",
         f"| inside estimators: cached graph, {V.shape[0]} vectors batched, per vector | "
         f"{t_batch / V.shape[0] * 1e3:.1f} | {t_batch / V.shape[0] / t_grad:.2f} |",
         "",
         f"Target one HVP ≤ 3× one gradient: {'met' if t_hvp <= 3 * t_grad else 'MISSED'} "
-        f"({t_hvp / t_grad:.2f}× for the public call, {t_cached / t_grad:.2f}× inside the estimators).",
+        f"({t_hvp / t_grad:.2f}× for the public call, {t_cached / t_grad:.2f}× inside the estimators). "
+        "For a network dominated by matrix products 3× is the floor of an exact product built from scratch, not "
+        "Pearlmutter's 2×: per dense layer a gradient costs 3 matrix products (forward, two backward) and an HVP 9 "
+        "(double backward; the R-op of forward mode needs as many), which the bare double-backward row measures; "
+        "the public call adds only input validation to it.",
         "",
     ]
 

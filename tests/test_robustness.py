@@ -1,0 +1,215 @@
+"""Specification of flatcomp_tutorial.robustness: attacks against exact answers on linear classifiers (float64).
+
+For a linear model f(x) = W x + b the input gradient of every attack objective is known in closed form and the L2
+distance from x to the region of another class is min_{c'} (f_c − f_{c'}) / ||w_c − w_{c'}||, so FGSM directions,
+the PGD/bisection radius and the linearised radius are checked against formulas (relative 1e-6 unless stated).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flatcomp_tutorial import geometry
+from flatcomp_tutorial import robustness as R
+from flatcomp_tutorial.models import make_model
+
+
+def _linear(d=5, n_out=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, n_out)).double()
+
+
+def _inputs(d=5, n=16, seed=1):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _own_labels(model, x):
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def _exact_linear_radius(model, x, labels):
+    W, b = model[0].weight.detach(), model[0].bias.detach()
+    out = x @ W.T + b
+    r = []
+    for i, c in enumerate(labels.tolist()):
+        r.append(min(float((out[i, c] - out[i, k]) / (W[c] - W[k]).norm()) for k in range(W.shape[0]) if k != c))
+    return np.array(r)
+
+
+# ------------------------------------------------------------------------------------------------ FGSM / PGD
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_zero_budget_leaves_the_inputs_unchanged(attack, norm):
+    model = _linear()
+    x = _inputs()
+    adv = getattr(R, attack)(model, x, _own_labels(model, x), 0.0, norm=norm)
+    assert torch.equal(adv, x)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("random_start", [False, True])
+def test_pgd_perturbation_stays_inside_the_ball(norm, random_start):
+    model = make_model("mlp", (5,), 3, width=8, depth=2, seed=0).double()
+    x = _inputs()
+    eps = 0.3
+    adv = R.pgd(model, x, _own_labels(model, x), eps, steps=7, norm=norm, random_start=random_start)
+    size = (adv - x).norm(dim=1) if norm == "l2" else (adv - x).abs().amax(dim=1)
+    assert (size <= eps * (1 + 1e-12)).all()
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy", "margin"])
+def test_l2_fgsm_on_a_linear_model_moves_eps_along_the_normalised_objective_gradient(loss):
+    model = _linear()
+    x = _inputs()
+    labels = _own_labels(model, x)
+    W, b = model[0].weight.detach(), model[0].bias.detach()
+    out = x @ W.T + b
+    onehot = torch.nn.functional.one_hot(labels, 3).double()
+    if loss == "mse":
+        g_out = out - onehot
+    elif loss == "cross_entropy":
+        g_out = torch.softmax(out, 1) - onehot
+    else:
+        runner_up = out.masked_fill(onehot.bool(), -math.inf).argmax(1)
+        g_out = torch.nn.functional.one_hot(runner_up, 3).double() - onehot
+    g = g_out @ W  # ∂ objective / ∂x
+    expected = x + 0.2 * g / g.norm(dim=1, keepdim=True)
+    assert torch.allclose(R.fgsm(model, x, labels, 0.2, loss=loss), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_linf_fgsm_is_eps_times_the_sign_of_the_gradient():
+    model = _linear()
+    x = _inputs()
+    labels = _own_labels(model, x)
+    W, b = model[0].weight.detach(), model[0].bias.detach()
+    g = ((x @ W.T + b) - torch.nn.functional.one_hot(labels, 3).double()) @ W
+    assert torch.allclose(R.fgsm(model, x, labels, 0.1, norm="linf"), x + 0.1 * g.sign(), rtol=0, atol=1e-14)
+
+
+def test_one_pgd_step_of_size_eps_is_fgsm():
+    model = make_model("mlp", (5,), 3, width=8, depth=2, activation="tanh", seed=2).double()
+    x = _inputs()
+    labels = _own_labels(model, x)
+    assert torch.allclose(R.pgd(model, x, labels, 0.25, steps=1, step_size=0.25, loss="mse"), R.fgsm(model, x, labels, 0.25),
+                          rtol=0, atol=1e-14)
+
+
+def test_per_input_radii_are_respected():
+    model = _linear()
+    x = _inputs(n=4)
+    eps = torch.tensor([0.0, 0.1, 0.2, 0.4], dtype=torch.float64)
+    adv = R.fgsm(model, x, _own_labels(model, x), eps)
+    assert torch.allclose((adv - x).norm(dim=1), eps, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ radii
+def test_bisection_radius_of_a_binary_linear_classifier_is_its_distance_to_the_decision_boundary():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    exact = _exact_linear_radius(model, x, labels)
+    found = R.adversarial_radius(model, x, labels, eps_max=10.0, steps=10, bisection=30)
+    assert np.allclose(found, exact, rtol=1e-6)
+
+
+def test_bisection_radius_never_undercuts_the_true_distance_with_several_classes():
+    """PGD follows the current runner-up logit, which need not be the nearest boundary: found >= exact."""
+    model = _linear(n_out=3)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    exact = _exact_linear_radius(model, x, labels)
+    found = R.adversarial_radius(model, x, labels, eps_max=10.0, steps=10, bisection=30)
+    assert (found >= exact * (1 - 1e-9)).all() and np.isclose(found, exact, rtol=1e-6).mean() >= 0.5
+
+
+def test_linearised_radius_is_exact_for_a_linear_classifier_and_the_mls_radius_lies_below_it():
+    model = _linear(n_out=4)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    r = R.linear_radius(model, x, labels)
+    assert np.allclose(r["linearized"], _exact_linear_radius(model, x, labels), rtol=1e-10)
+    assert (r["mls_bound"] <= r["linearized"] * (1 + 1e-12)).all()
+
+
+def test_mls_in_the_radius_is_the_local_measure_of_the_geometry_module():
+    model = make_model("mlp", (5,), 3, width=8, depth=2, seed=3).double()
+    x = _inputs()
+    r = R.linear_radius(model, x, _own_labels(model, x))
+    assert np.allclose(r["mls"], geometry.local_measures(model, x)["mls"], rtol=1e-10)
+    assert (r["mls_bound"] <= r["linearized"] * (1 + 1e-12)).all() and (r["margin"] > 0).all()
+
+
+def test_misclassified_inputs_have_radius_zero_and_unreachable_ones_infinity():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    labels[0] = 1 - labels[0]  # now misclassified
+    exact = _exact_linear_radius(model, x, _own_labels(model, x))
+    eps_max = float(np.median(exact[1:]))
+    r = R.adversarial_radius(model, x, labels, eps_max=eps_max, steps=10, bisection=8)
+    assert r[0] == 0.0
+    far = exact > eps_max * 1.001
+    far[0] = False
+    assert far.any() and np.isinf(r[far]).all() and np.isfinite(r[~far]).all()
+
+
+def test_success_rate_is_zero_without_budget_and_one_beyond_every_boundary():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    reach = float(_exact_linear_radius(model, x, labels).max())
+    assert R.attack_success_rate(model, x, labels, 0.0) == 0.0
+    assert R.attack_success_rate(model, x, labels, 1.01 * reach, steps=10) == 1.0
+    assert R.attack_success_rate(model, x, labels, 1.01 * reach, method="fgsm", loss="margin") > 0
+
+
+def test_success_rate_counts_only_correctly_classified_inputs():
+    model = _linear(n_out=2)
+    x = _inputs(n=10)
+    labels = 1 - _own_labels(model, x)  # every input misclassified
+    assert math.isnan(R.attack_success_rate(model, x, labels, 1.0))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x, l: R.fgsm(m, x, l, -0.1), "eps"),
+    (lambda m, x, l: R.fgsm(m, x, l, float("nan")), "eps"),
+    (lambda m, x, l: R.fgsm(m, x, l, torch.ones(3)), "eps"),
+    (lambda m, x, l: R.fgsm(m, x, l, 0.1, norm="l1"), "norm"),
+    (lambda m, x, l: R.pgd(m, x, l, 0.1, loss="hinge"), "loss"),
+    (lambda m, x, l: R.pgd(m, x, l, 0.1, steps=0), "steps"),
+    (lambda m, x, l: R.fgsm(m, x, l[:-1], 0.1), "labels"),
+    (lambda m, x, l: R.fgsm(m, x, l + 5, 0.1), "labels"),
+    (lambda m, x, l: R.fgsm(m, x, torch.nn.functional.one_hot(l, 3), 0.1), "labels"),
+    (lambda m, x, l: R.fgsm(m, x * float("nan"), l, 0.1), "NaN"),
+    (lambda m, x, l: R.attack_success_rate(m, x, l, 0.1, method="cw"), "method"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=0.0), "eps_max"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, bisection=0), "bisection"),
+])
+def test_bad_arguments_raise_a_value_error_naming_the_argument(call, match):
+    model = _linear()
+    x = _inputs()
+    with pytest.raises(ValueError, match=match):
+        call(model, x, _own_labels(model, x))
+
+
+def test_active_dropout_is_refused_and_train_flags_are_restored():
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 3)).double()
+    x = _inputs()
+    with pytest.raises(ValueError, match="dropout"):
+        R.fgsm(model, x, torch.zeros(16, dtype=torch.long), 0.1)
+    model.eval()
+    R.pgd(model, x, _own_labels(model, x), 0.1, steps=2)
+    assert not any(m.training for m in model.modules())
+
+
+def test_attacks_leave_no_gradients_on_the_parameters():
+    model = make_model("mlp", (5,), 3, width=8, depth=2, seed=0).double()
+    x = _inputs()
+    R.pgd(model, x, _own_labels(model, x), 0.2, steps=3)
+    assert all(p.grad is None for p in model.parameters())
