@@ -28,7 +28,8 @@ from .checks import check_inputs, measurement_mode
 NORMS = ("l2", "linf")
 ATTACK_LOSSES = ("mse", "cross_entropy", "margin")
 
-__all__ = ["fgsm", "pgd", "attack_success_rate", "adversarial_radius", "linear_radius", "NORMS", "ATTACK_LOSSES"]
+__all__ = ["fgsm", "pgd", "attack_success_rate", "adversarial_radius", "linear_radius", "segment_radius",
+           "robustness_measures", "NORMS", "ATTACK_LOSSES"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -196,38 +197,52 @@ def attack_success_rate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
 
 
 def adversarial_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps_max: float, steps: int = 20,
-                       bisection: int = 12, norm: str = "l2", loss: str = "margin", progress: bool = False) -> np.ndarray:
-    """Per-input empirical robustness radius: the smallest ε (to a relative resolution 2^-``bisection`` of
-    ``eps_max``) at which :func:`pgd` (``steps`` steps, objective ``loss``) changes the predicted class, found by
-    bisection on a per-input ε. 0 for inputs already misclassified; ``inf`` where PGD fails at ``eps_max``.
-    It is an upper bound on the true radius (PGD may miss closer adversarial points). Chapter "Beyond the paper"."""
+                       bisection: int = 12, levels: int = 8, norm: str = "l2", loss: str = "margin",
+                       progress: bool = False) -> np.ndarray:
+    """Per-input empirical robustness radius: the smallest ε at which :func:`pgd` (``steps`` steps, objective
+    ``loss``) changes the predicted class.
+
+    PGD's success is not monotone in ε (large steps can land where tanh units saturate and the gradient
+    vanishes), so the search first tries the ``levels`` radii ε_max·2^-k, k = 0 … levels−1, takes for each input
+    the smallest successful one, and then bisects ``bisection`` times between it and the next smaller radius
+    (a per-input ε). 0 for inputs already misclassified; ``inf`` where PGD fails at every level. The result is an
+    upper bound on the true radius (PGD may miss closer adversarial points). Chapter "Beyond the paper"."""
     if not (isinstance(eps_max, (int, float)) and math.isfinite(eps_max) and eps_max > 0):
         raise ValueError(f"eps_max must be a positive finite number (the largest radius searched), got {eps_max!r}")
-    if not isinstance(bisection, (int, np.integer)) or bisection < 1:
-        raise ValueError(f"bisection must be a positive integer, got {bisection!r}")
+    for arg, v in (("bisection", bisection), ("levels", levels)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{arg} must be a positive integer, got {v!r}")
     with measurement_mode(model):
         x = check_inputs(model, x)
         labels = _check_labels(model, x, labels)
 
-        def flips(eps_vec: torch.Tensor) -> torch.Tensor:
+        def flips(eps_vec) -> torch.Tensor:
             adv = pgd(model, x, labels, eps_vec, steps=steps, norm=norm, loss=loss)
             return _predict(model, adv) != labels
 
         n = x.shape[0]
         wrong = _predict(model, x) != labels
-        hi = torch.full((n,), float(eps_max), dtype=x.dtype, device=x.device)
-        lo = torch.zeros_like(hi)
-        found = flips(hi) | wrong
-        rounds = range(int(bisection))
+        hi = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+        rounds = range(int(levels) + int(bisection))
         if progress:
             from tqdm.auto import tqdm
-            rounds = tqdm(rounds, desc="bisection", leave=False)
-        for _ in rounds:
-            mid = (lo + hi) / 2
-            ok = flips(mid)
-            hi = torch.where(ok, mid, hi)
-            lo = torch.where(ok, lo, mid)
-        r = hi.cpu().double().numpy()
+            rounds = tqdm(rounds, desc="adversarial radius", leave=False)
+        rounds = iter(rounds)
+        for k in range(int(levels)):  # coarse: ε_max, ε_max/2, …
+            next(rounds)
+            eps = float(eps_max) * 2.0 ** -k
+            hi = torch.where(flips(eps), torch.full_like(hi, eps), hi)
+        found = torch.isfinite(hi)
+        lo = torch.where(found, hi / 2, torch.zeros_like(hi))
+        lo[found & (hi <= float(eps_max) * 2.0 ** -(int(levels) - 1))] = 0.0  # smallest level: bisect from 0
+        hi_f = torch.where(found, hi, torch.full_like(hi, float(eps_max)))
+        for _ in range(int(bisection)):
+            next(rounds)
+            mid = (lo + hi_f) / 2
+            ok = flips(mid) & found
+            hi_f = torch.where(ok, mid, hi_f)
+            lo = torch.where(ok | ~found, lo, mid)
+        r = hi_f.cpu().double().numpy()
         r[~found.cpu().numpy()] = np.inf
         r[wrong.cpu().numpy()] = 0.0
         return r
@@ -259,3 +274,70 @@ def linear_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> di
     mls = torch.linalg.matrix_norm(J, ord=2)
     return {"margin": margin.cpu().numpy(), "linearized": ratio.amin(1).cpu().numpy(), "mls": mls.cpu().numpy(),
             "mls_bound": (margin / (math.sqrt(2) * mls)).cpu().numpy()}
+
+
+def segment_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, k: int = 5,
+                   bisection: int = 20) -> np.ndarray:
+    """Per-input upper bound on the robustness radius that needs no gradient: along the segment from x to each of
+    its ``k`` nearest ``anchors`` (e.g. training inputs) that the model assigns to another class, bisect ``bisection``
+    times for a point where the prediction changes; return the smallest distance ||x − x_s|| found (``inf`` if no
+    anchor is predicted differently, 0 if x is misclassified). Unlike PGD it cannot be fooled by vanishing input
+    gradients (saturated units), so min(PGD radius, segment radius) is the empirical radius the book reports.
+    Chapter "Beyond the paper"."""
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer (anchors per input), got {k!r}")
+    if not isinstance(bisection, (int, np.integer)) or bisection < 1:
+        raise ValueError(f"bisection must be a positive integer, got {bisection!r}")
+    with measurement_mode(model):
+        x = check_inputs(model, x)
+        labels = _check_labels(model, x, labels)
+        anchors = check_inputs(model, anchors, "anchors")
+        if anchors.shape[1:] != x.shape[1:]:
+            raise ValueError(f"anchors must have the input shape of x, {tuple(x.shape[1:])}, got "
+                             f"{tuple(anchors.shape[1:])}")
+        n = x.shape[0]
+        wrong = _predict(model, x) != labels
+        pa = _predict(model, anchors)
+        dist = torch.cdist(x.flatten(1), anchors.flatten(1))                          # (n, m)
+        dist = dist.masked_fill(pa[None, :] == labels[:, None], math.inf)             # same predicted class: no use
+        kk = min(int(k), anchors.shape[0])
+        dk, idx = dist.topk(kk, dim=1, largest=False)                                 # (n, kk)
+        valid = torch.isfinite(dk)
+        direction = anchors[idx.clamp_min(0)] - x[:, None]                            # (n, kk, *shape)
+        lo = torch.zeros(n, kk, dtype=x.dtype, device=x.device)
+        hi = torch.ones_like(lo)
+        lab = labels[:, None].expand(n, kk).reshape(-1)
+        for _ in range(int(bisection)):
+            mid = (lo + hi) / 2
+            pts = x[:, None] + mid.reshape(n, kk, *([1] * (x.dim() - 1))) * direction
+            flipped = (_predict(model, pts.flatten(0, 1)) != lab).reshape(n, kk)
+            hi = torch.where(flipped, mid, hi)
+            lo = torch.where(flipped, lo, mid)
+        r = torch.where(valid, hi * dk, torch.full_like(hi, math.inf)).amin(1).cpu().double().numpy()
+        r[wrong.cpu().numpy()] = 0.0
+        return r
+
+
+def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_max: float,
+                        anchors: torch.Tensor | None = None, steps: int = 20, bisection: int = 8) -> dict[str, float]:
+    """One row of robustness numbers for a trained classifier on inputs ``x`` (L2 throughout):
+    ``fgsm_success`` and ``pgd_success`` at radius ``eps`` (FGSM on the MSE training loss, PGD on the margin; over
+    correctly classified inputs), ``median_pgd_radius`` (:func:`adversarial_radius` up to ``eps_max``; inf when PGD
+    fails for more than half the inputs), with ``anchors`` also ``median_segment_radius`` (:func:`segment_radius`),
+    ``median_radius`` (median of the per-input minimum of the two) and ``pgd_missed`` (fraction of inputs where the
+    segment found an adversarial point closer than anything PGD found: gradient masking);
+    ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``mean_mls``.
+    Chapter "Beyond the paper"."""
+    lin = linear_radius(model, x, labels)
+    pgd_r = adversarial_radius(model, x, labels, eps_max=eps_max, steps=steps, bisection=bisection)
+    out = {"fgsm_success": attack_success_rate(model, x, labels, eps, method="fgsm"),
+           "pgd_success": attack_success_rate(model, x, labels, eps, method="pgd", steps=steps),
+           "median_pgd_radius": float(np.median(pgd_r))}
+    if anchors is not None:
+        seg_r = segment_radius(model, x, labels, anchors)
+        out.update(median_segment_radius=float(np.median(seg_r)),
+                   median_radius=float(np.median(np.minimum(pgd_r, seg_r))),
+                   pgd_missed=float(np.mean(seg_r < pgd_r)))
+    out.update(median_linear_radius=float(np.median(lin["linearized"])),
+               median_mls_radius=float(np.median(lin["mls_bound"])), mean_mls=float(np.mean(lin["mls"])))
+    return out

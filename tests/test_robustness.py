@@ -175,6 +175,51 @@ def test_success_rate_counts_only_correctly_classified_inputs():
     assert math.isnan(R.attack_success_rate(model, x, labels, 1.0))
 
 
+def _mirror(model, x):
+    """Reflection of each input of a binary linear classifier across its decision boundary."""
+    W, b = model[0].weight.detach(), model[0].bias.detach()
+    w, c = W[0] - W[1], b[0] - b[1]
+    return x - 2 * ((x @ w + c) / (w @ w))[:, None] * w
+
+
+def test_segment_radius_to_the_mirror_image_is_the_exact_distance_to_the_boundary():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    r = R.segment_radius(model, x, labels, _mirror(model, x), k=16, bisection=40)  # own mirror among them
+    assert np.allclose(r, _exact_linear_radius(model, x, labels), rtol=1e-9)
+
+
+def test_segment_radius_is_an_upper_bound_on_the_distance_to_the_boundary():
+    model = _linear(n_out=3)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    r = R.segment_radius(model, x, labels, _inputs(n=200, seed=5), k=3)
+    assert (r >= _exact_linear_radius(model, x, labels) * (1 - 1e-9)).all() and np.isfinite(r).all()
+
+
+def test_segment_radius_is_zero_for_misclassified_and_infinite_without_anchors_of_another_class():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    same = x[labels == labels[0]]
+    r = R.segment_radius(model, x[labels == labels[0]], labels[labels == labels[0]], same)
+    assert np.isinf(r).all()
+    flipped = labels.clone()
+    flipped[0] = 1 - flipped[0]
+    assert R.segment_radius(model, x, flipped, _mirror(model, x))[0] == 0.0
+
+
+def test_robustness_summary_takes_the_closer_of_pgd_and_segment_points():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    row = R.robustness_measures(model, x, labels, eps=0.5, eps_max=8.0, anchors=_mirror(model, x))
+    assert row["median_radius"] <= min(row["median_pgd_radius"], row["median_segment_radius"]) * (1 + 1e-12)
+    assert np.isclose(row["median_radius"], np.median(_exact_linear_radius(model, x, labels)), rtol=1e-2)
+    assert 0 <= row["pgd_missed"] <= 1 and 0 <= row["fgsm_success"] <= row["pgd_success"] + 1e-12
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("call, match", [
     (lambda m, x, l: R.fgsm(m, x, l, -0.1), "eps"),
@@ -190,6 +235,9 @@ def test_success_rate_counts_only_correctly_classified_inputs():
     (lambda m, x, l: R.attack_success_rate(m, x, l, 0.1, method="cw"), "method"),
     (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=0.0), "eps_max"),
     (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, bisection=0), "bisection"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, levels=0), "levels"),
+    (lambda m, x, l: R.segment_radius(m, x, l, x[:, :3]), "anchors"),
+    (lambda m, x, l: R.segment_radius(m, x, l, x, k=0), "k"),
 ])
 def test_bad_arguments_raise_a_value_error_naming_the_argument(call, match):
     model = _linear()
