@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["PRESETS", "preset", "grid_configs", "resolve_config", "config_key", "run_config", "sweep", "SweepResult",
-           "append_record", "record", "read_store", "load_results", "summarize", "provenance", "results_dir"]
+           "append_record", "record", "read_store", "load_results", "summarize", "correlations", "provenance",
+           "results_dir"]
 
 _SWEEP_MEASURES = ["lambda_max", "trace_h", "trace_g", "relative_flatness", "adaptive_sharpness", "local", "nmls",
                    "global_pr"]
@@ -411,6 +412,50 @@ def _corr(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.corrcoef(m, rowvar=False), np.corrcoef(rankdata(m, axis=0), rowvar=False)
 
 
+def correlations(table: pd.DataFrame, x: Sequence[str], y: Sequence[str], groups: str | None = None,
+                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """Pearson and Spearman correlations of every column in ``x`` with every column in ``y`` over the rows of
+    ``table`` (rows with a non-finite value in any of these columns are dropped), each with a percentile bootstrap
+    CI from ``n_boot`` resamples of the rows, or of whole ``groups`` (e.g. runs) when a group column is named.
+    Columns: ``x``, ``y``, ``method``, ``r``, ``ci_low``, ``ci_high``, ``n`` (rows), ``n_groups``. NaN where fewer
+    than 3 rows (r) or groups (CI) remain. Chapters "Reproduction II" and "Beyond the paper"."""
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    missing = [c for c in (*x, *y, *([groups] if groups else [])) if c not in table.columns]
+    if missing:
+        raise ValueError(f"table has no column(s) {missing}; available: {list(table.columns)}")
+    cols = list(dict.fromkeys([*x, *y]))
+    m = table[cols].astype(float).to_numpy()
+    keep = np.isfinite(m).all(axis=1)
+    m = m[keep]
+    g = table[groups].to_numpy()[keep] if groups else np.arange(len(m))
+    group_ids = np.unique(g)
+    idx_of = {r: np.flatnonzero(g == r) for r in group_ids}
+    pear, spear = _corr(m) if len(m) >= 3 else (np.full((len(cols),) * 2, np.nan),) * 2
+    rng = np.random.default_rng(seed)
+    boots = np.full((n_boot, 2, len(cols), len(cols)), np.nan)
+    if len(group_ids) >= 3:
+        for b in range(n_boot):
+            pick = np.concatenate([idx_of[r] for r in rng.choice(group_ids, size=len(group_ids))])
+            boots[b] = _corr(m[pick])
+    lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+    out = []
+    for a in x:
+        for c in y:
+            i, j = cols.index(a), cols.index(c)
+            for k, (method, mat) in enumerate((("pearson", pear), ("spearman", spear))):
+                bs = boots[:, k, i, j]
+                bs = bs[np.isfinite(bs)]
+                out.append({"x": a, "y": c, "method": method, "r": float(mat[i, j]),
+                            "ci_low": float(np.percentile(bs, lo)) if len(bs) else np.nan,
+                            "ci_high": float(np.percentile(bs, hi)) if len(bs) else np.nan,
+                            "n": int(len(m)), "n_groups": int(len(group_ids))})
+    df = pd.DataFrame(out, columns=["x", "y", "method", "r", "ci_low", "ci_high", "n", "n_groups"])
+    df.attrs.update(n_boot=n_boot, ci=ci, resampling=f"bootstrap over {'groups ' + repr(groups) if groups else 'rows'}"
+                    " (percentile interval)")
+    return df
+
+
 def summarize(results: pd.DataFrame, sharpness: Sequence[str] = ("lambda_max", "trace_h", "relative_flatness",
                                                                  "adaptive_sharpness"),
               compression: Sequence[str] = ("mean_log_lvr", "mean_mls", "mean_local_dim", "nmls"),
@@ -421,46 +466,25 @@ def summarize(results: pd.DataFrame, sharpness: Sequence[str] = ("lambda_max", "
     training loss below the run's ``late_phase_threshold`` (matched training loss; runs that never reached it are
     left out), ``"final"`` the last checkpoint, ``"late"``/``"early"``/``"all"`` every checkpoint of that phase of
     every run (several points per run). Diverged runs are left out. The CI is the percentile interval of
-    ``n_boot`` bootstrap resamples of RUNS (all of a run's checkpoints move together). Columns: ``sharpness``,
-    ``compression``, ``method``, ``r``, ``ci_low``, ``ci_high``, ``n`` (checkpoints), ``n_runs``, ``phase``.
+    ``n_boot`` bootstrap resamples of RUNS (all of a run's checkpoints move together; :func:`correlations`).
+    Columns: ``sharpness``, ``compression``, ``method``, ``r``, ``ci_low``, ``ci_high``, ``n`` (checkpoints),
+    ``n_runs``, ``phase``.
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     rows = _rows_for_phase(results, phase)
-    present = [c for c in (*sharpness, *compression) if c in rows.columns]
     missing = [c for c in (*sharpness, *compression) if c not in rows.columns]
-    s_cols = [c for c in sharpness if c in present]
-    c_cols = [c for c in compression if c in present]
-    cols = list(dict.fromkeys(s_cols + c_cols))
-    out = []
-    if cols and len(rows):
-        m = rows[cols].astype(float).to_numpy()
-        keep = np.isfinite(m).all(axis=1)
-        m, runs = m[keep], rows["_run"].to_numpy()[keep]
-        run_ids = np.unique(runs)
-        idx_of = {r: np.flatnonzero(runs == r) for r in run_ids}
-        pear, spear = _corr(m) if len(m) >= 3 else (np.full((len(cols),) * 2, np.nan),) * 2
-        rng = np.random.default_rng(seed)
-        boots = np.full((n_boot, 2, len(cols), len(cols)), np.nan)
-        if len(run_ids) >= 3:
-            for b in range(n_boot):
-                pick = np.concatenate([idx_of[r] for r in rng.choice(run_ids, size=len(run_ids))])
-                boots[b] = _corr(m[pick])
-        lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
-        for s in s_cols:
-            for c in c_cols:
-                i, j = cols.index(s), cols.index(c)
-                for k, (method, mat) in enumerate((("pearson", pear), ("spearman", spear))):
-                    bs = boots[:, k, i, j]
-                    bs = bs[np.isfinite(bs)]
-                    out.append({"sharpness": s, "compression": c, "method": method, "r": float(mat[i, j]),
-                                "ci_low": float(np.percentile(bs, lo)) if len(bs) else np.nan,
-                                "ci_high": float(np.percentile(bs, hi)) if len(bs) else np.nan,
-                                "n": int(len(m)), "n_runs": int(len(run_ids)), "phase": phase})
-    df = pd.DataFrame(out, columns=["sharpness", "compression", "method", "r", "ci_low", "ci_high", "n", "n_runs",
-                                    "phase"])
+    s_cols = [c for c in sharpness if c in rows.columns]
+    c_cols = [c for c in compression if c in rows.columns]
+    columns = ["sharpness", "compression", "method", "r", "ci_low", "ci_high", "n", "n_runs", "phase"]
+    if s_cols and c_cols and len(rows):
+        df = correlations(rows, s_cols, c_cols, groups="_run", n_boot=n_boot, seed=seed, ci=ci)
+        df = df.rename(columns={"x": "sharpness", "y": "compression", "n_groups": "n_runs"}).assign(phase=phase)
+        df = df[columns]
+    else:
+        df = pd.DataFrame(columns=columns)
     df.attrs.update(phase=phase, missing_columns=missing, n_boot=n_boot, ci=ci,
                     resampling="bootstrap over runs (percentile interval)",
                     excluded_runs=int(len(results) - (rows["_run"].nunique() if len(rows) else 0)))

@@ -159,6 +159,29 @@ def test_summarize_matched_phase_takes_the_first_late_checkpoint_of_each_run():
     assert set(s.sharpness) == {"trace_h"} and s.attrs["missing_columns"] == ["lambda_max"]
 
 
+def test_correlations_of_a_flat_table_match_scipy_and_bracket_r_with_the_bootstrap_interval():
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=40)
+    t = pd.DataFrame({"a": a, "b": a + 0.5 * rng.normal(size=40), "c": rng.normal(size=40)})
+    out = E.correlations(t, ["a"], ["b", "c"], n_boot=300).set_index(["y", "method"])
+    assert np.isclose(out.loc[("b", "pearson"), "r"], pearsonr(t.a, t.b)[0])
+    assert np.isclose(out.loc[("c", "spearman"), "r"], spearmanr(t.a, t.c)[0])
+    assert (out.ci_low <= out.r).all() and (out.r <= out.ci_high).all() and (out.n == 40).all()
+
+
+def test_correlations_drop_non_finite_rows_and_resample_whole_groups():
+    t = pd.DataFrame({"a": [1.0, 2, 3, 4, np.inf, 6], "b": [1.0, 2, 3, 4, 5, np.nan], "g": [0, 0, 1, 1, 2, 2]})
+    out = E.correlations(t, ["a"], ["b"], groups="g", n_boot=20)
+    assert (out.n == 4).all() and (out.n_groups == 2).all() and out.ci_low.isna().all()  # < 3 groups: no CI
+
+
+def test_correlations_name_a_missing_column():
+    with pytest.raises(ValueError, match="no column"):
+        E.correlations(pd.DataFrame({"a": [1.0]}), ["a"], ["zz"])
+
+
 # ------------------------------------------------------------------------------------------------- presets
 def test_presets_hold_the_papers_and_the_cpu_grids():
     paper, cpu = E.preset("paper"), E.preset("cpu")
