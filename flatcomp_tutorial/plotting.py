@@ -784,3 +784,70 @@ def weight_scaling_table(model, x, y, factors) -> pd.DataFrame:
                      "mean_mls_sq": float(np.mean(loc["mls"] ** 2)), "gm_lvr": float(np.exp(np.mean(loc["log_lvr"]))),
                      "nmls": float(bounds.nmls(m, x)), "mean_local_dim": float(np.mean(loc["local_dim"]))})
     return pd.DataFrame(rows).set_index("c")
+
+
+def plot_group_bars(table: pd.DataFrame, columns: dict, group: str = "method", axes=None, title: str | None = None,
+                    logy=()):
+    """One panel per entry of ``columns`` (``{column: axis label}``): a bar per value of ``group`` (in order of
+    appearance) at the mean over its rows, with every row (e.g. every seed) as a black dot. Columns named in
+    ``logy`` get a log y axis."""
+    fig, axes = _axes(axes, ncols=len(columns), width=3.3, height=3.4)
+    axes = np.atleast_1d(axes)
+    groups = list(dict.fromkeys(table[group]))
+    for ax, (col, ylab) in zip(axes, columns.items()):
+        for k, g in enumerate(groups):
+            vals = table.loc[table[group] == g, col].astype(float).to_numpy()
+            ax.bar(k, np.mean(vals), color=f"C{k}", alpha=0.75)
+            ax.plot(np.full(len(vals), k), vals, "k.", ms=5)
+        ax.set_xticks(range(len(groups)), groups, rotation=40, ha="right", fontsize=8)
+        ax.set(ylabel=ylab, yscale="log" if col in logy else "linear")
+        ax.grid(alpha=0.3, axis="y", which="both")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_group_scatter(table: pd.DataFrame, x: str, columns: dict, group: str = "method", axes=None,
+                       xlabel: str | None = None, title: str | None = None, logx: bool = False, logy=()):
+    """Scatter of each column in ``columns`` (``{column: axis label}``) against ``x`` over the rows of ``table``
+    (one point per run), colour = ``group``. Columns named in ``logy`` get a log y axis."""
+    fig, axes = _axes(axes, ncols=len(columns), width=3.9, height=3.4)
+    axes = np.atleast_1d(axes)
+    groups = list(dict.fromkeys(table[group]))
+    for ax, (col, ylab) in zip(axes, columns.items()):
+        for k, g in enumerate(groups):
+            rows = table[table[group] == g]
+            ax.plot(rows[x], rows[col], "o", color=f"C{k}", label=str(g), ms=6, alpha=0.85)
+        ax.set(xlabel=xlabel or x.replace("_", " "), ylabel=ylab, xscale="log" if logx else "linear",
+               yscale="log" if col in logy else "linear")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_radii(table: pd.DataFrame, mls: str = "inputs_mean_mls", group: str = "method", ax=None,
+               title: str | None = None):
+    """Robustness radii of each run against its mean MLS (log–log): the first-order radius that MLS guarantees,
+    margin/(√2 MLS) (open markers), and the empirical radius min(PGD, segment) (filled), both medians over the
+    attacked inputs (``robustness.robustness_measures`` columns); grey line: the median segment radius over all
+    runs, the scale set by the data (about half the distance to the other class)."""
+    fig, ax = _axes(ax, width=5.2, height=3.8)
+    groups = list(dict.fromkeys(table[group]))
+    for k, g in enumerate(groups):
+        rows = table[table[group] == g]
+        ax.plot(rows[mls], rows["median_mls_radius"], "o", mfc="none", color=f"C{k}", ms=7)
+        ax.plot(rows[mls], rows["median_radius"], "o", color=f"C{k}", ms=6, label=str(g))
+    ax.axhline(float(np.median(table["median_segment_radius"])), color="grey", lw=1, ls="--")
+    ax.set(xscale="log", yscale="log", xlabel="mean MLS on the attacked inputs",
+           ylabel="median L2 radius (input units)")
+    handles = ax.get_legend_handles_labels()[0]
+    handles += [plt.Line2D([], [], color="k", marker="o", mfc="none", ls="", label="first order: margin/(√2 MLS)"),
+                plt.Line2D([], [], color="k", marker="o", ls="", label="empirical: min(PGD, segment)"),
+                plt.Line2D([], [], color="grey", ls="--", label="median segment radius")]
+    ax.legend(handles=handles, fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title)
+    return fig

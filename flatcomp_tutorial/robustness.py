@@ -326,7 +326,8 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     fails for more than half the inputs), with ``anchors`` also ``median_segment_radius`` (:func:`segment_radius`),
     ``median_radius`` (median of the per-input minimum of the two) and ``pgd_missed`` (fraction of inputs where the
     segment found an adversarial point closer than anything PGD found: gradient masking);
-    ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``mean_mls``.
+    ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``inputs_mean_mls`` (mean MLS over
+    ``x``).
     Chapter "Beyond the paper"."""
     lin = linear_radius(model, x, labels)
     pgd_r = adversarial_radius(model, x, labels, eps_max=eps_max, steps=steps, bisection=bisection)
@@ -339,5 +340,5 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                    median_radius=float(np.median(np.minimum(pgd_r, seg_r))),
                    pgd_missed=float(np.mean(seg_r < pgd_r)))
     out.update(median_linear_radius=float(np.median(lin["linearized"])),
-               median_mls_radius=float(np.median(lin["mls_bound"])), mean_mls=float(np.mean(lin["mls"])))
+               median_mls_radius=float(np.median(lin["mls_bound"])), inputs_mean_mls=float(np.mean(lin["mls"])))
     return out

@@ -1,0 +1,49 @@
+"""Plotting helpers of the chapter "Beyond the paper": one mark per run, groups coloured, axes labelled."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from flatcomp_tutorial import plotting  # noqa: E402
+
+
+def _runs() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, method in enumerate(["SGD", "label noise", "SAM"]):
+        for seed in range(3):
+            mls = 0.3 / (k + 1) + 0.01 * rng.random()
+            rows.append({"method": method, "seed": seed, "trace_g": 40 / (k + 1) + rng.random(), "inputs_mean_mls": mls,
+                         "median_mls_radius": 1 / mls, "median_radius": 2 + k, "median_segment_radius": 3.1})
+    return pd.DataFrame(rows)
+
+
+def test_group_bars_draw_one_bar_per_group_at_its_mean_and_every_run_as_a_dot():
+    t = _runs()
+    fig = plotting.plot_group_bars(t, {"trace_g": "Tr G", "median_radius": "radius"})
+    ax = fig.axes[0]
+    assert np.allclose([p.get_height() for p in ax.patches], t.groupby("method", sort=False).trace_g.mean())
+    assert sum(len(l.get_xdata()) for l in ax.lines) == len(t) and ax.get_ylabel() == "Tr G"
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["SGD", "label noise", "SAM"]
+    plt.close(fig)
+
+
+def test_group_scatter_plots_every_run_once_per_panel_with_a_legend_of_groups():
+    t = _runs()
+    fig = plotting.plot_group_scatter(t, "trace_g", {"median_radius": "radius"}, xlabel="Tr G", logx=True)
+    ax = fig.axes[0]
+    assert sum(len(l.get_xdata()) for l in ax.lines) == len(t) and ax.get_xscale() == "log"
+    assert [t_.get_text() for t_ in ax.get_legend().get_texts()] == ["SGD", "label noise", "SAM"]
+    plt.close(fig)
+
+
+def test_radii_plot_shows_first_order_and_empirical_radius_for_every_run_on_log_axes():
+    t = _runs()
+    fig = plotting.plot_radii(t)
+    ax = fig.axes[0]
+    points = [l for l in ax.lines if l.get_linestyle() == "None"]
+    assert sum(len(l.get_xdata()) for l in points) == 2 * len(t)
+    assert ax.get_xscale() == ax.get_yscale() == "log" and "MLS" in ax.get_xlabel()
+    plt.close(fig)
