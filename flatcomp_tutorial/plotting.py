@@ -710,6 +710,8 @@ def plot_measure_trajectories(histories: dict, columns: dict, x: str = "step", a
                 ax.axvline(late.iloc[0], color=f"C{k}", ls=":", lw=1)
     for ax, (col, ylab) in zip(axes, columns.items()):
         ax.set(xlabel="SGD step" if x == "step" else x, ylabel=ylab, yscale="log" if col in logy else "linear")
+        if col in logy:
+            _plain_log_ticks(ax.yaxis)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     if title:
@@ -842,6 +844,8 @@ def plot_radii(table: pd.DataFrame, mls: str = "inputs_mean_mls", group: str = "
     ax.axhline(float(np.median(table["median_segment_radius"])), color="grey", lw=1, ls="--")
     ax.set(xscale="log", yscale="log", xlabel="mean MLS on the attacked inputs",
            ylabel="median L2 radius (input units)")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     handles = ax.get_legend_handles_labels()[0]
     handles += [plt.Line2D([], [], color="k", marker="o", mfc="none", ls="", label="first order: margin/(√2 MLS)"),
                 plt.Line2D([], [], color="k", marker="o", ls="", label="empirical: min(PGD, segment)"),
@@ -850,4 +854,31 @@ def plot_radii(table: pd.DataFrame, mls: str = "inputs_mean_mls", group: str = "
     ax.grid(alpha=0.3, which="both")
     if title:
         ax.set_title(title)
+    return fig
+
+
+def plot_headline(history: pd.DataFrame, sharpness: str = "trace_g", compression: str = "mean_mls", axes=None,
+                  title: str | None = None, sharpness_label: str | None = None, compression_label: str | None = None):
+    """The book's result in one figure, from one run's history: (left) ``sharpness`` and ``compression`` against
+    the SGD step, each divided by its value at the first late-phase checkpoint (dotted line: start of the late
+    phase); (right) ``compression`` against ``sharpness`` over the late-phase checkpoints, coloured by step."""
+    fig, axes = _axes(axes, ncols=2, width=4.6, height=3.5)
+    left, right = axes
+    late = history[history["phase"] == "late"] if "phase" in history else history
+    ref = late.iloc[0] if len(late) else history.iloc[0]
+    s_label = sharpness_label or sharpness.replace("_", " ")
+    c_label = compression_label or compression.replace("_", " ")
+    for k, (col, label) in enumerate(((sharpness, "sharpness: " + s_label), (compression, "compression: " + c_label))):
+        left.plot(history["step"], history[col] / ref[col], "-", marker=".", color=f"C{k}", label=label)
+    if len(late):
+        left.axvline(late["step"].iloc[0], color="grey", ls=":", lw=1)
+    left.set(xlabel="SGD step", ylabel="value / value at the late-phase start")
+    left.legend(fontsize=8)
+    sc = right.scatter(late[sharpness], late[compression], c=late["step"], cmap="viridis", s=25)
+    fig.colorbar(sc, ax=right, label="SGD step")
+    right.set(xlabel=s_label, ylabel=c_label)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return fig

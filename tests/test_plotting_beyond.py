@@ -47,3 +47,14 @@ def test_radii_plot_shows_first_order_and_empirical_radius_for_every_run_on_log_
     assert sum(len(l.get_xdata()) for l in points) == 2 * len(t)
     assert ax.get_xscale() == ax.get_yscale() == "log" and "MLS" in ax.get_xlabel()
     plt.close(fig)
+
+
+def test_headline_figure_normalises_at_the_late_phase_start_and_scatters_late_checkpoints():
+    h = pd.DataFrame({"step": [0, 10, 20, 30], "phase": ["early", "late", "late", "late"],
+                      "trace_g": [4.0, 2.0, 1.5, 1.0], "mean_mls": [0.4, 0.2, 0.15, 0.1]})
+    fig = plotting.plot_headline(h)
+    left, right = fig.axes[:2]
+    assert np.allclose(left.lines[0].get_ydata(), [2, 1, 0.75, 0.5]) and np.allclose(left.lines[1].get_ydata(),
+                                                                                    [2, 1, 0.75, 0.5])
+    assert len(right.collections[0].get_offsets()) == 3 and right.get_xlabel() == "trace g"
+    plt.close(fig)
