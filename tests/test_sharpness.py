@@ -572,3 +572,16 @@ def test_train_eval_flags_are_restored(mode):
     S.hessian_trace(model, x, y, probes=2)
     S.gauss_newton_trace(model, x, per_layer=True)
     assert all(m.training == (mode == "train") for m in model.modules())
+
+
+def test_products_leave_the_parameters_and_their_grad_fields_untouched():
+    """The fast path differentiates with respect to the model's own parameters: nothing may be written to them."""
+    model = _mlp()
+    x, y = _data(model, (4,))
+    before = [p.detach().clone() for p in model.parameters()]
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    S.hvp(model, x, y, v)
+    S.top_hessian_eigenvalues(model, x, y, k=1)
+    S.hessian_trace(model, x, y, probes=4)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
