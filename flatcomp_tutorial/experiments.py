@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["PRESETS", "preset", "grid_configs", "resolve_config", "config_key", "run_config", "sweep", "SweepResult",
-           "append_record", "record", "read_store", "load_results", "summarize", "correlations", "provenance",
-           "results_dir"]
+           "append_record", "record", "read_store", "load_results", "summarize", "correlations",
+           "checkpoint_correlations", "provenance", "results_dir"]
 
 _SWEEP_MEASURES = ["lambda_max", "trace_h", "trace_g", "relative_flatness", "adaptive_sharpness", "local", "nmls",
                    "global_pr"]
@@ -489,3 +489,22 @@ def summarize(results: pd.DataFrame, sharpness: Sequence[str] = ("lambda_max", "
                     resampling="bootstrap over runs (percentile interval)",
                     excluded_runs=int(len(results) - (rows["_run"].nunique() if len(rows) else 0)))
     return df
+
+
+def checkpoint_correlations(history: pd.DataFrame, phase: str = "late",
+                            sharpness: Sequence[str] = ("trace_g", "trace_h", "lambda_max"),
+                            compression: Sequence[str] = ("mean_mls", "mean_log_lvr", "mean_local_dim"),
+                            n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Correlations over the checkpoints of ONE run's history (rows with ``phase == phase``; ``"all"``: every row),
+    with a percentile bootstrap over checkpoints (:func:`correlations`). Checkpoints of one trajectory are
+    autocorrelated, so these intervals are optimistic (too narrow): they measure how stable the rank order along
+    the trajectory is, not independent replication (for that, :func:`summarize` over runs). Columns as
+    :func:`summarize`, with ``n_checkpoints``. Chapter "Reproduction I, the late phase"."""
+    if phase != "all" and phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    h = history if phase == "all" else history[history["phase"] == phase]
+    s_cols = [c for c in sharpness if c in h.columns]
+    c_cols = [c for c in compression if c in h.columns]
+    out = correlations(h, s_cols, c_cols, n_boot=n_boot, seed=seed)
+    return (out.rename(columns={"x": "sharpness", "y": "compression", "n": "n_checkpoints"})
+               .drop(columns="n_groups").assign(phase=phase))

@@ -475,22 +475,6 @@ def plot_train_test_sharpness(histories: dict, train: str = "trace_h", test: str
     return fig
 
 
-def checkpoint_correlations(history: pd.DataFrame, phase: str = "late", sharpness=("trace_g", "trace_h", "lambda_max"),
-                            compression=("mean_mls", "mean_log_lvr", "mean_local_dim"), n_boot: int = 1000,
-                            seed: int = 0) -> pd.DataFrame:
-    """Correlations over the checkpoints of ONE run (rows with ``phase == phase``; ``"all"``: every row), with a
-    percentile bootstrap over checkpoints: :func:`~flatcomp_tutorial.experiments.summarize` applied with each
-    checkpoint as its own "run". Checkpoints of one trajectory are autocorrelated, so these intervals are
-    optimistic (too narrow); they measure how stable the rank order is, not independent replication."""
-    from .experiments import summarize
-
-    h = history if phase == "all" else history[history["phase"] == phase]
-    rows = [[dict(r, phase="late")] for r in h.to_dict(orient="records")]
-    out = summarize(pd.DataFrame({"history": rows, "diverged": False}), sharpness=sharpness, compression=compression,
-                    phase="late", n_boot=n_boot, seed=seed)
-    return out.assign(phase=phase).rename(columns={"n_runs": "n_checkpoints"}).drop(columns="n")
-
-
 def plot_correlations(table: pd.DataFrame, method: str = "spearman", group: str | None = None, ax=None,
                       title: str | None = None):
     """Forest plot of correlations with their CIs: one row per (sharpness, compression) pair of a

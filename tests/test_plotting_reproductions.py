@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from flatcomp_tutorial import plotting  # noqa: E402
+from flatcomp_tutorial import experiments, plotting  # noqa: E402
 
 
 def _history(n_early=5, n_late=10, slope=1.0, seed=0):
@@ -53,14 +53,14 @@ def test_plot_train_test_sharpness():
 
 def test_checkpoint_correlations_on_monotone_history():
     h = _history(n_late=12)
-    t = plotting.checkpoint_correlations(h, phase="late", n_boot=50, seed=0)
+    t = experiments.checkpoint_correlations(h, phase="late", n_boot=50, seed=0)
     sp = t[t.method == "spearman"].set_index(["sharpness", "compression"])
     assert sp.loc[("trace_g", "mean_mls"), "r"] == pytest.approx(1.0)
     assert sp.loc[("trace_g", "mean_log_lvr"), "r"] == pytest.approx(1.0)
     assert (sp.n_checkpoints == 12).all() and (t.phase == "late").all()
     assert (sp.ci_low <= sp.r + 1e-12).all() and (sp.r <= sp.ci_high + 1e-12).all()
     # only late rows are used
-    assert plotting.checkpoint_correlations(h, phase="all", n_boot=0).n_checkpoints.iloc[0] == len(h)
+    assert experiments.checkpoint_correlations(h, phase="all", n_boot=0).n_checkpoints.iloc[0] == len(h)
 
 
 def _results(n=12, seed=0):
