@@ -108,22 +108,22 @@ def test_per_input_radii_are_respected():
 
 
 # ------------------------------------------------------------------------------------------------ radii
-def test_bisection_radius_of_a_binary_linear_classifier_is_its_distance_to_the_decision_boundary():
-    model = _linear(n_out=2)
+def _pgd_and_exact_radius(n_out):
+    model = _linear(n_out=n_out)
     x = _inputs()
     labels = _own_labels(model, x)
-    exact = _exact_linear_radius(model, x, labels)
     found = R.adversarial_radius(model, x, labels, eps_max=10.0, steps=10, bisection=30)
+    return found, _exact_linear_radius(model, x, labels)
+
+
+def test_bisection_radius_of_a_binary_linear_classifier_is_its_distance_to_the_decision_boundary():
+    found, exact = _pgd_and_exact_radius(2)
     assert np.allclose(found, exact, rtol=1e-6)
 
 
 def test_bisection_radius_never_undercuts_the_true_distance_with_several_classes():
     """PGD follows the current runner-up logit, which need not be the nearest boundary: found >= exact."""
-    model = _linear(n_out=3)
-    x = _inputs()
-    labels = _own_labels(model, x)
-    exact = _exact_linear_radius(model, x, labels)
-    found = R.adversarial_radius(model, x, labels, eps_max=10.0, steps=10, bisection=30)
+    found, exact = _pgd_and_exact_radius(3)
     assert (found >= exact * (1 - 1e-9)).all() and np.isclose(found, exact, rtol=1e-6).mean() >= 0.5
 
 
