@@ -866,3 +866,28 @@ def plot_headline(history: pd.DataFrame, sharpness: str = "trace_g", compression
     if title:
         fig.suptitle(title)
     return fig
+
+
+def plot_radius_scatter(radii: dict, ax=None, title: str | None = None):
+    """Per-input first-order radius margin/(√2 MLS) (x) against the empirical radius min(PGD, segment) (y), one
+    colour per run (``{label: (first_order, empirical)}`` arrays), log–log with the diagonal y = x: points below it
+    are inputs whose first-order radius overstates the distance to an actual adversarial example."""
+    fig, ax = _axes(ax, width=4.8, height=4.0)
+    lo, hi = np.inf, 0.0
+    for k, (label, (first, emp)) in enumerate(radii.items()):
+        first, emp = np.asarray(first, float), np.asarray(emp, float)
+        ok = np.isfinite(first) & np.isfinite(emp) & (first > 0) & (emp > 0)
+        ax.plot(first[ok], emp[ok], "o", color=f"C{k}", ms=4, alpha=0.7, label=label)
+        if ok.any():
+            lo, hi = min(lo, first[ok].min(), emp[ok].min()), max(hi, first[ok].max(), emp[ok].max())
+    if np.isfinite(lo):
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set(xscale="log", yscale="log", xlabel="first-order radius margin/(√2 MLS)",
+           ylabel="empirical radius min(PGD, segment)")
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title)
+    return fig

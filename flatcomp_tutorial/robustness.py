@@ -28,7 +28,7 @@ from .checks import check_inputs, measurement_mode
 NORMS = ("l2", "linf")
 ATTACK_LOSSES = ("mse", "cross_entropy", "margin")
 
-__all__ = ["fgsm", "pgd", "attack_success_rate", "adversarial_radius", "linear_radius", "segment_radius",
+__all__ = ["fgsm", "pgd", "attack_success_rate", "adversarial_radius", "linear_radius", "segment_radius", "radii",
            "robustness_measures", "NORMS", "ATTACK_LOSSES"]
 
 
@@ -318,6 +318,20 @@ def segment_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, anch
         return r
 
 
+def radii(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps_max: float,
+          anchors: torch.Tensor | None = None, steps: int = 20, bisection: int = 8) -> dict[str, np.ndarray]:
+    """Every per-input L2 robustness radius of the chapter: the :func:`linear_radius` arrays (``margin``,
+    ``linearized``, ``mls``, ``mls_bound``), ``pgd`` (:func:`adversarial_radius` up to ``eps_max``) and, with
+    ``anchors``, ``segment`` (:func:`segment_radius`) and ``empirical`` = min(pgd, segment), the closest adversarial
+    point found. Chapter "Beyond the paper"."""
+    out = dict(linear_radius(model, x, labels))
+    out["pgd"] = adversarial_radius(model, x, labels, eps_max=eps_max, steps=steps, bisection=bisection)
+    if anchors is not None:
+        out["segment"] = segment_radius(model, x, labels, anchors)
+        out["empirical"] = np.minimum(out["pgd"], out["segment"])
+    return out
+
+
 def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_max: float,
                         anchors: torch.Tensor | None = None, steps: int = 20, bisection: int = 8) -> dict[str, float]:
     """One row of robustness numbers for a trained classifier on inputs ``x`` (L2 throughout):
@@ -327,18 +341,15 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     ``median_radius`` (median of the per-input minimum of the two) and ``pgd_missed`` (fraction of inputs where the
     segment found an adversarial point closer than anything PGD found: gradient masking);
     ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``inputs_mean_mls`` (mean MLS over
-    ``x``).
-    Chapter "Beyond the paper"."""
-    lin = linear_radius(model, x, labels)
-    pgd_r = adversarial_radius(model, x, labels, eps_max=eps_max, steps=steps, bisection=bisection)
+    ``x``). Chapter "Beyond the paper"."""
+    r = radii(model, x, labels, eps_max, anchors=anchors, steps=steps, bisection=bisection)
     out = {"fgsm_success": attack_success_rate(model, x, labels, eps, method="fgsm"),
            "pgd_success": attack_success_rate(model, x, labels, eps, method="pgd", steps=steps),
-           "median_pgd_radius": float(np.median(pgd_r))}
+           "median_pgd_radius": float(np.median(r["pgd"]))}
     if anchors is not None:
-        seg_r = segment_radius(model, x, labels, anchors)
-        out.update(median_segment_radius=float(np.median(seg_r)),
-                   median_radius=float(np.median(np.minimum(pgd_r, seg_r))),
-                   pgd_missed=float(np.mean(seg_r < pgd_r)))
-    out.update(median_linear_radius=float(np.median(lin["linearized"])),
-               median_mls_radius=float(np.median(lin["mls_bound"])), inputs_mean_mls=float(np.mean(lin["mls"])))
+        out.update(median_segment_radius=float(np.median(r["segment"])),
+                   median_radius=float(np.median(r["empirical"])),
+                   pgd_missed=float(np.mean(r["segment"] < r["pgd"])))
+    out.update(median_linear_radius=float(np.median(r["linearized"])),
+               median_mls_radius=float(np.median(r["mls_bound"])), inputs_mean_mls=float(np.mean(r["mls"])))
     return out

@@ -58,3 +58,12 @@ def test_headline_figure_normalises_at_the_late_phase_start_and_scatters_late_ch
                                                                                     [2, 1, 0.75, 0.5])
     assert len(right.collections[0].get_offsets()) == 3 and right.get_xlabel() == "trace g"
     plt.close(fig)
+
+
+def test_radius_scatter_draws_every_finite_input_and_the_diagonal():
+    first, emp = np.array([1.0, 2.0, 4.0, np.inf]), np.array([1.0, 1.5, 2.0, 3.0])
+    fig = plotting.plot_radius_scatter({"run": (first, emp)})
+    ax = fig.axes[0]
+    assert len(ax.lines[0].get_xdata()) == 3 and ax.lines[-1].get_label() == "y = x"
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    plt.close(fig)

@@ -220,6 +220,16 @@ def test_robustness_summary_takes_the_closer_of_pgd_and_segment_points():
     assert 0 <= row["pgd_missed"] <= 1 and 0 <= row["fgsm_success"] <= row["pgd_success"] + 1e-12
 
 
+def test_radii_collects_the_per_input_arrays_and_the_empirical_radius_is_the_closer_one():
+    model = _linear(n_out=2)
+    x = _inputs()
+    labels = _own_labels(model, x)
+    r = R.radii(model, x, labels, eps_max=8.0, anchors=_mirror(model, x))
+    assert set(r) == {"margin", "linearized", "mls", "mls_bound", "pgd", "segment", "empirical"}
+    assert np.array_equal(r["empirical"], np.minimum(r["pgd"], r["segment"]))
+    assert np.allclose(r["empirical"], _exact_linear_radius(model, x, labels), rtol=1e-2)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("call, match", [
     (lambda m, x, l: R.fgsm(m, x, l, -0.1), "eps"),
