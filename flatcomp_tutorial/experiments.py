@@ -431,6 +431,12 @@ def correlations(table: pd.DataFrame, x: Sequence[str], y: Sequence[str], groups
     g = table[groups].to_numpy()[keep] if groups else np.arange(len(m))
     group_ids = np.unique(g)
     idx_of = {r: np.flatnonzero(g == r) for r in group_ids}
+    if len(m) < 3:
+        warnings.warn(f"correlations: only {len(m)} row(s) with finite {cols}; r needs at least 3 (NaN returned).",
+                      stacklevel=2)
+    elif n_boot and len(group_ids) < 3:
+        warnings.warn(f"correlations: only {len(group_ids)} {'group' if groups else 'row'}(s) to resample; the "
+                      "bootstrap needs at least 3 (CI returned as NaN).", stacklevel=2)
     pear, spear = _corr(m) if len(m) >= 3 else (np.full((len(cols),) * 2, np.nan),) * 2
     rng = np.random.default_rng(seed)
     boots = np.full((n_boot, 2, len(cols), len(cols)), np.nan)

@@ -173,8 +173,15 @@ def test_correlations_of_a_flat_table_match_scipy_and_bracket_r_with_the_bootstr
 
 def test_correlations_drop_non_finite_rows_and_resample_whole_groups():
     t = pd.DataFrame({"a": [1.0, 2, 3, 4, np.inf, 6], "b": [1.0, 2, 3, 4, 5, np.nan], "g": [0, 0, 1, 1, 2, 2]})
-    out = E.correlations(t, ["a"], ["b"], groups="g", n_boot=20)
+    with pytest.warns(UserWarning, match="bootstrap needs at least 3"):
+        out = E.correlations(t, ["a"], ["b"], groups="g", n_boot=20)
     assert (out.n == 4).all() and (out.n_groups == 2).all() and out.ci_low.isna().all()  # < 3 groups: no CI
+
+
+def test_correlations_warn_and_return_nan_with_fewer_than_three_rows():
+    with pytest.warns(UserWarning, match="at least 3"):
+        out = E.correlations(pd.DataFrame({"a": [1.0, 2.0], "b": [2.0, 1.0]}), ["a"], ["b"])
+    assert out.r.isna().all()
 
 
 def test_correlations_name_a_missing_column():
