@@ -23,10 +23,27 @@ from flatcomp_tutorial import sharpness as S
 from flatcomp_tutorial.models import make_model
 
 REPEATS = 3
+HVP_ROUNDS = 15  # alternating rounds for the single-product rows (each: a block of 8 calls of every variant)
 PROBES = 100
 CV_PROBES = 8
 # eigsh settings (ncv, tol) tried for the top eigenvalue; the cheapest that meets 1e-3 relative error is timed
 EIG_SETTINGS = [(ncv, tol) for ncv in (4, 6, 8, 12, 20) for tol in (1e-1, 1e-2, 1e-3)]
+
+
+def _timed_together(fns: dict, rounds: int, block: int = 8) -> dict:
+    """Median seconds per call of each of ``fns`` ({name: callable}). Each of ``rounds`` rounds runs every function
+    in turn as a block of ``block`` consecutive calls, the first of which (a warm-up after the previous function)
+    is discarded. Blocks keep each function in its steady state, as in real use; alternating them over the rounds
+    exposes all functions to the same drift in machine load, so their ratios are side-by-side measurements."""
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            for j in range(block):
+                t = time.perf_counter()
+                f()
+                if j:
+                    times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _timed(fn, repeats=REPEATS, warmup=True):
@@ -114,15 +131,18 @@ def main(threads: int = 2) -> str:
 
     prob = S._problem(model, x, y, "mse")
     op = S._hvp_operator(prob)
-    t_grad, _ = _timed(gradient, 21)
-    t_hvp, _ = _timed(lambda: S.hvp(model, x, y, v), 21)
-    t_plain, _ = _timed(plain_double_backward, 21)
-    t_cached, _ = _timed(lambda: op(v[None]), 21)
-    t_fwd, _ = _timed(lambda: S._hvp_batch_fwd_over_rev(prob, v[None]), 7)
+    together = _timed_together({"grad": gradient, "hvp": lambda: S.hvp(model, x, y, v), "plain": plain_double_backward,
+                                "cached": lambda: op(v[None]),
+                                "fwd": lambda: S._hvp_batch_fwd_over_rev(prob, v[None])}, HVP_ROUNDS)
+    t_grad, t_hvp, t_plain, t_cached, t_fwd = (together[k] for k in ("grad", "hvp", "plain", "cached", "fwd"))
     V = torch.randn(PROBES // 4, P)
     t_batch, _ = _timed(lambda: op(V), 3)
     lines += [
         "### One Hessian-vector product versus one full-batch gradient",
+        "",
+        f"Medians per call over {HVP_ROUNDS} alternating rounds; in each round every single-product variant runs a "
+        "block of 8 calls (the first discarded as warm-up), so all rows see the same drift in machine load; the "
+        "batched row is timed separately.",
         "",
         "| product | ms | × gradient |",
         "|---|---|---|",

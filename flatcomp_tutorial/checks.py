@@ -16,6 +16,14 @@ from torch import nn
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Dropout)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when every entry of ``t`` is finite. Fast path: NaN and ±inf propagate through a sum, so a finite
+    sum settles it in one reduction without a boolean temporary; only a non-finite sum (NaN/inf present, or finite
+    values overflowing) is re-checked entry by entry."""
+    with torch.no_grad():
+        return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def dense_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The model's dense layers ``(qualified name, nn.Linear)`` in registration (= forward, for the
     package's models) order. These are the layers W_1, ..., W_L of THEORY §1."""
@@ -48,7 +56,7 @@ def check_model(model: nn.Module) -> None:
                 "Call model.eval() before measuring."
             )
     for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
+        if not all_finite(p):
             raise ValueError(f"model: parameter '{name}' contains NaN or inf (diverged training?); nothing to measure.")
 
 
@@ -58,7 +66,7 @@ def check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Te
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, *input_shape), got {type(x).__name__}")
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (n, *input_shape) with n >= 1, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{name} contains NaN or inf; clean or re-standardise the data first.")
     p = next(model.parameters(), None)
     if p is not None:
@@ -77,7 +85,7 @@ def check_targets(y: torch.Tensor, x: torch.Tensor, n_out: int, name: str = "y")
             f"{name} has shape {tuple(y.shape)} but the model maps {x.shape[0]} inputs to {n_out} outputs; "
             f"expected ({x.shape[0]}, {n_out}) (one-hot float targets for the MSE loss)."
         )
-    if not torch.isfinite(y).all():
+    if not all_finite(y):
         raise ValueError(f"{name} contains NaN or inf.")
     return y.to(device=x.device, dtype=x.dtype)
 

@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
-from .checks import check_inputs, check_targets, dense_layers, measurement_mode
+from .checks import all_finite, check_inputs, check_targets, dense_layers, measurement_mode
 
 __all__ = [
     "Estimate",
@@ -196,7 +196,7 @@ def _as_vectors(prob: _Problem, v, name="v") -> tuple[torch.Tensor, bool]:
         raise ValueError(f"{name} must have shape ({prob.dim},) or (m, {prob.dim}) (one entry per trainable "
                          f"parameter{' of the block' if prob.fixed and prob.dim else ''}, in model.parameters() "
                          f"order), got shape {tuple(v.shape)}")
-    if not torch.isfinite(v).all():
+    if not all_finite(v):
         raise ValueError(f"{name} contains NaN or inf.")
     v = v.to(device=prob.device, dtype=prob.dtype)
     return (v[None] if single else v), single
@@ -278,9 +278,8 @@ def _grad_graph(prob: _Problem, sl: slice):
 def _backward_hvp(leaves, grads, V_parts: list[torch.Tensor], batched: bool) -> list[torch.Tensor]:
     """Second backward pass: (∂/∂θ)(∇L · v). Gradients that are constant in θ contribute zero."""
     live = [i for i, g in enumerate(grads) if g.requires_grad]
-    res = [torch.zeros_like(v) for v in V_parts]
     if not live:
-        return res
+        return [torch.zeros_like(v) for v in V_parts]
     gs, vs = [grads[i] for i in live], [V_parts[i] for i in live]
     if not batched:
         parts = torch.autograd.grad(gs, leaves, grad_outputs=vs, retain_graph=True, allow_unused=True,
@@ -307,12 +306,13 @@ def _hvp_operator(prob: _Problem, cache: bool = True) -> Callable[[torch.Tensor]
     def matvec(V: torch.Tensor) -> torch.Tensor:
         batched = V.shape[0] > 1
         parts = list(prob.unflatten(V if batched else V[0]).values())
-        out = torch.zeros_like(V)
+        out = None
         for sl in chunks:
             leaves, grads = cached if cached is not None else _grad_graph(prob, sl)
             res = _backward_hvp(leaves, grads, parts, batched)
-            out += prob.flatten(dict(zip(prob.block, res)), batch_dims=1) if batched else \
+            part = prob.flatten(dict(zip(prob.block, res)), batch_dims=1) if batched else \
                 prob.flatten(dict(zip(prob.block, res)))[None]
+            out = part if out is None else out + part
         return out
 
     return matvec
