@@ -333,7 +333,8 @@ def radii(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps_max: floa
 
 
 def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_max: float,
-                        anchors: torch.Tensor | None = None, steps: int = 20, bisection: int = 8) -> dict[str, float]:
+                        anchors: torch.Tensor | None = None, steps: int = 20, bisection: int = 8,
+                        return_radii: bool = False) -> dict[str, float] | tuple[dict[str, float], dict]:
     """One row of robustness numbers for a trained classifier on inputs ``x`` (L2 throughout):
     ``fgsm_success`` and ``pgd_success`` at radius ``eps`` (FGSM on the MSE training loss, PGD on the margin; over
     correctly classified inputs), ``median_pgd_radius`` (:func:`adversarial_radius` up to ``eps_max``; inf when PGD
@@ -341,7 +342,8 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     ``median_radius`` (median of the per-input minimum of the two) and ``pgd_missed`` (fraction of inputs where the
     segment found an adversarial point closer than anything PGD found: gradient masking);
     ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``inputs_mean_mls`` (mean MLS over
-    ``x``). Chapter "Beyond the paper"."""
+    ``x``). ``return_radii=True`` also returns the per-input arrays of :func:`radii` they summarise.
+    Chapter "Beyond the paper"."""
     r = radii(model, x, labels, eps_max, anchors=anchors, steps=steps, bisection=bisection)
     out = {"fgsm_success": attack_success_rate(model, x, labels, eps, method="fgsm"),
            "pgd_success": attack_success_rate(model, x, labels, eps, method="pgd", steps=steps),
@@ -352,4 +354,4 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                    pgd_missed=float(np.mean(r["segment"] < r["pgd"])))
     out.update(median_linear_radius=float(np.median(r["linearized"])),
                median_mls_radius=float(np.median(r["mls_bound"])), inputs_mean_mls=float(np.mean(r["mls"])))
-    return out
+    return (out, r) if return_radii else out

@@ -214,7 +214,9 @@ def test_robustness_summary_takes_the_closer_of_pgd_and_segment_points():
     model = _linear(n_out=2)
     x = _inputs()
     labels = _own_labels(model, x)
-    row = R.robustness_measures(model, x, labels, eps=0.5, eps_max=8.0, anchors=_mirror(model, x))
+    row, r = R.robustness_measures(model, x, labels, eps=0.5, eps_max=8.0, anchors=_mirror(model, x),
+                                   return_radii=True)
+    assert row["median_radius"] == np.median(r["empirical"]) and row["inputs_mean_mls"] == np.mean(r["mls"])
     assert row["median_radius"] <= min(row["median_pgd_radius"], row["median_segment_radius"]) * (1 + 1e-12)
     assert np.isclose(row["median_radius"], np.median(_exact_linear_radius(model, x, labels)), rtol=1e-2)
     assert 0 <= row["pgd_missed"] <= 1 and 0 <= row["fgsm_success"] <= row["pgd_success"] + 1e-12
