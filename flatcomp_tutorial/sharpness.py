@@ -99,12 +99,17 @@ class _Problem:
     def forward(self, block: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, {**self.fixed, **block}, (xb,))
 
-    def chunk_loss(self, sl: slice) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-        """θ_block ↦ (1/n) Σ_{i in chunk} ℓ_i(θ): chunk losses add up to the full-data loss L."""
-        xb, yb, n = self.x[sl], self.y[sl], self.n
+    def outputs_loss(self, out: torch.Tensor, sl: slice) -> torch.Tensor:
+        """(1/n) Σ_{i in chunk} ℓ_i from the chunk's outputs: chunk losses add up to the full-data loss L."""
+        yb = self.y[sl]
         if self.loss == "mse":
-            return lambda p: 0.5 * ((self.forward(p, xb) - yb) ** 2).sum() / n
-        return lambda p: F.cross_entropy(self.forward(p, xb), yb, reduction="sum") / n
+            return 0.5 * ((out - yb) ** 2).sum() / self.n
+        return F.cross_entropy(out, yb, reduction="sum") / self.n
+
+    def chunk_loss(self, sl: slice) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """θ_block ↦ (1/n) Σ_{i in chunk} ℓ_i(θ)."""
+        xb = self.x[sl]
+        return lambda p: self.outputs_loss(self.forward(p, xb), sl)
 
     def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """(..., dim) → {name: (..., *shape)} in block order."""
@@ -261,11 +266,8 @@ def _grad_graph(prob: _Problem, sl: slice):
     own = dict(prob.model.named_parameters())
     if all(k not in own for k in prob.fixed) and all(own[k].requires_grad for k in prob.block):
         leaves = [own[k] for k in prob.block]
-        xb, yb = prob.x[sl], prob.y[sl]
         with torch.enable_grad():
-            out = prob.model(xb)
-            loss = (0.5 * ((out - yb) ** 2).sum() if prob.loss == "mse"
-                    else F.cross_entropy(out, yb, reduction="sum")) / prob.n
+            loss = prob.outputs_loss(prob.model(prob.x[sl]), sl)
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True, materialize_grads=True)
         return leaves, grads
     leaves = [t.detach().requires_grad_(True) for t in prob.block.values()]
