@@ -32,7 +32,7 @@ html: install
 	$(VENV)/bin/jupyter-book build -W -n --keep-going book/
 
 test: install
-	$(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	$(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-cell-timeout 600 tests book
 
 unit: install

@@ -106,8 +106,8 @@ def test_a_broken_cell_fails_the_main_job(tmp_path):
 
 def test_a_broken_cell_fails_nbval(tmp_path):
     path = _broken_copy(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
-                          str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "flatcomp_tutorial.nbval_plugin",
+                          "--nbval", "--nbval-current-env", str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert run.returncode != 0
     assert "deliberately broken cell" in run.stdout
 
@@ -119,8 +119,8 @@ def test_a_stale_stored_output_fails_nbval(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "stale.ipynb"
     nbformat.write(nb, path)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
-                          str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "flatcomp_tutorial.nbval_plugin",
+                          "--nbval", "--nbval-current-env", str(path)], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert run.returncode != 0 and "1 failed" in run.stdout
 
 
