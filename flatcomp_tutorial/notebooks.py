@@ -63,6 +63,41 @@ def execute(path: str | Path, timeout: int = 600, kernel_name: str = "python3") 
     return elapsed
 
 
+def glue(name: str, value, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for the prose: ``{glue:text}`name:.3f``` in a Markdown cell prints it, so a
+    number in the text always comes from the computation (myst-nb's ``glue``). numpy scalars and 0-d tensors are
+    glued as Python numbers (their repr would not format). Without myst-nb (e.g. on Colab) nothing is stored."""
+    if hasattr(value, "item") and getattr(value, "ndim", getattr(value, "dim", lambda: 1)) in (0, ()):
+        value = value.item()
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=display)
+
+
+def claim(holds, statement: str) -> None:
+    """Check a claim the chapter's prose makes about its run: print ``claim holds: <statement>`` or raise
+    ``AssertionError`` naming it, so text and outputs cannot disagree. The prose describes the chapter's default
+    parameters; with ``FLATCOMP_CLAIMS=warn`` (set by the batch command-line tool, or by hand when running a chapter
+    with other parameters) a failed claim warns instead of stopping the notebook."""
+    is_bool = isinstance(holds, bool) or (str(getattr(holds, "dtype", "")) in ("bool", "torch.bool")
+                                          and getattr(holds, "ndim", getattr(holds, "dim", lambda: 1)) in (0, ()))
+    if not is_bool:
+        raise TypeError(f"claim: holds must be a bool (the result of a comparison), got {type(holds).__name__}")
+    if bool(holds):
+        print(f"claim holds: {statement}")
+        return
+    if os.environ.get("FLATCOMP_CLAIMS", "error") == "warn":
+        import warnings
+
+        warnings.warn(f"claim does not hold for these parameters: {statement}", stacklevel=2)
+        print(f"claim does NOT hold: {statement}")
+        return
+    raise AssertionError(f"claim does not hold: {statement} (the prose states it for the default parameters; "
+                         "set FLATCOMP_CLAIMS=warn when running with other parameters)")
+
+
 def rewrite_badges(paths: list[Path]) -> list[Path]:
     """Point every badge and install cell at the repository in ``_config.yml``; return the notebooks changed."""
     import nbformat

@@ -75,8 +75,10 @@ def test_chapter_is_committed_executed_top_to_bottom_without_errors(path):
             "every chapter shows at least one figure"
 
 
-def test_papermill_runs_a_chapter_with_parameter_overrides(tmp_path):
+def test_papermill_runs_a_chapter_with_parameter_overrides(tmp_path, monkeypatch):
     import papermill as pm
+
+    monkeypatch.setenv("FLATCOMP_CLAIMS", "warn")  # the prose's claims are about the default parameters
 
     out = tmp_path / "first_network_out.ipynb"
     pm.execute_notebook(str(BOOK / "first_network.ipynb"), str(out), parameters={"epochs": 1, "width": 8},
