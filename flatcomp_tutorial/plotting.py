@@ -358,17 +358,23 @@ def plot_layer_profiles(profiles: dict, axes=None, title: str | None = None):
 
 
 def plot_measure_histograms(measures: dict, axes=None, bins: int = 40, title: str | None = None):
-    """Histograms of per-input log LVR, MLS and D_loc (``{label: local_measures(...) dict}``), one colour per label."""
+    """Histograms of per-input log LVR, MLS and D_loc (``{label: local_measures(...) dict}``), one colour per label.
+    Inputs with zero volume (log LVR = −inf) cannot be drawn: they are counted in the legend instead."""
     cols = {"log_lvr": "log LVR  (Σ_j log σ_j)", "mls": "MLS  (σ_1)", "local_dim": "local dimensionality"}
     fig, axes = _axes(axes, ncols=3, width=3.8, height=3.2)
     for ax, (col, xlab) in zip(axes, cols.items()):
         vals = [np.asarray(m[col], dtype=float) for m in measures.values()]
-        edges = np.histogram_bin_edges(np.concatenate(vals), bins=bins)
-        for k, (label, v) in enumerate(zip(measures, vals)):
-            ax.hist(v, bins=edges, alpha=0.55, color=f"C{k}", label=label)
+        finite = [v[np.isfinite(v)] for v in vals]
+        if not any(f.size for f in finite):
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+        else:
+            edges = np.histogram_bin_edges(np.concatenate(finite), bins=bins)
+            for k, (label, v, f) in enumerate(zip(measures, vals, finite)):
+                dropped = f" ({v.size - f.size} at −inf: zero volume)" if f.size < v.size else ""
+                ax.hist(f, bins=edges, alpha=0.55, color=f"C{k}", label=f"{label}{dropped}")
         ax.set(xlabel=xlab, ylabel="number of training inputs")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8)  # log LVR: the panel whose labels count zero-volume inputs
     if title:
         fig.suptitle(title)
     return fig

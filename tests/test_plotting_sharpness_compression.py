@@ -87,3 +87,12 @@ def test_plot_layer_profiles_and_histograms():
     fig = P.plot_measure_histograms({"before": m, "after": m})
     assert len(fig.axes) == 3 and all(ax.get_ylabel() for ax in fig.axes)
     plt.close(fig)
+
+
+def test_measure_histograms_count_zero_volume_inputs_instead_of_crashing():
+    finite = {"log_lvr": np.array([-3.0, -2.0]), "mls": np.array([1.0, 2.0]), "local_dim": np.array([1.2, 1.5])}
+    zero = {"log_lvr": np.array([-np.inf, -2.5]), "mls": np.array([0.5, 1.0]), "local_dim": np.array([1.0, 1.1])}
+    fig = P.plot_measure_histograms({"wide": finite, "narrow": zero})
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["wide", "narrow (1 at −inf: zero volume)"]
+    plt.close(fig)
