@@ -1,19 +1,34 @@
 """Input validation shared by every measurement: clear errors instead of silent numbers.
 
-Every measure in :mod:`flatcomp_tutorial.sharpness`, :mod:`flatcomp_tutorial.geometry` and
-:mod:`flatcomp_tutorial.bounds` runs inside :func:`measurement_mode`, which refuses models whose output
-depends on the mode (BatchNorm in train mode, active dropout) or whose parameters are not finite, and which
-restores every module's train/eval flag afterwards.
+Every measure in :mod:`flatcomp_tutorial.sharpness`, :mod:`flatcomp_tutorial.geometry`,
+:mod:`flatcomp_tutorial.bounds` and :mod:`flatcomp_tutorial.robustness` runs inside :func:`measurement_mode`,
+which refuses models whose output depends on the mode (BatchNorm in train mode, active dropout), whose parameters
+are not finite or are in half precision (float16/bfloat16: call ``model.float()``), and which restores every
+module's train/eval flag afterwards. :func:`check_inputs` then evaluates the model once on the inputs
+(:func:`check_forward`): outputs that overflow to inf/NaN (:class:`NotFiniteError`) and forward passes that are
+random (functional dropout, noise) are refused before any long computation starts.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Dropout)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+_DETERMINISM_SAMPLES = 4   # inputs evaluated twice to detect a random forward pass
+_FORWARD_CHUNK = 4096      # inputs per forward pass when checking that the outputs are finite
+
+
+class NotFiniteError(ValueError):
+    """The model's outputs, loss or derivatives overflow (inf/NaN) at the given weights and inputs.
+
+    A ``ValueError``, so callers that record a failed measure as NaN (``training.train``) catch it too."""
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -24,9 +39,43 @@ def all_finite(t: torch.Tensor) -> bool:
         return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+# --------------------------------------------------------------------------------------------------------------
+# scalar arguments
+# --------------------------------------------------------------------------------------------------------------
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer; booleans are not integers here (``True`` is not a count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_count(value: Any, name: str, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an ``int >= minimum`` (``None`` passes when ``optional``); otherwise a ``ValueError`` naming
+    ``name``. Booleans and fractional numbers are refused; numpy integers are accepted."""
+    if value is None and optional:
+        return None
+    if not is_integer(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, "
+                         f"got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def check_real(value: Any, name: str, minimum: float = 0.0, strict: bool = True) -> float:
+    """``value`` as a finite ``float`` that is > ``minimum`` (``strict``) or >= ``minimum``; Python and numpy
+    reals (``np.float32(1.0)``) are accepted, booleans, NaN and ±inf refused with a ``ValueError`` naming
+    ``name``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value) \
+        and (value > minimum if strict else value >= minimum)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------------------
 def dense_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The model's dense layers ``(qualified name, nn.Linear)`` in registration (= forward, for the
-    package's models) order. These are the layers W_1, ..., W_L of THEORY §1."""
+    package's models) order: the layers W_1, ..., W_L of the bounds chapters."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
@@ -41,7 +90,8 @@ def first_layer_is_dense(model: nn.Module) -> bool:
 
 
 def check_model(model: nn.Module) -> None:
-    """Raise ``ValueError`` if the model's output depends on its mode or its parameters are not finite."""
+    """Raise ``ValueError`` if the model's output depends on its mode, or its parameters are not finite or in half
+    precision (float16/bfloat16: second derivatives and log-determinants drown in its round-off)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for name, m in model.named_modules():
@@ -56,12 +106,67 @@ def check_model(model: nn.Module) -> None:
                 "Call model.eval() before measuring."
             )
     for name, p in model.named_parameters():
+        if p.dtype in LOW_PRECISION:
+            raise ValueError(
+                f"model: parameter '{name}' is {p.dtype}; the measures need float32 or float64 (half-precision "
+                "round-off, about 1e-3 relative for float16 and 1e-2 for bfloat16, swamps second derivatives and "
+                "Jacobian log-determinants). Measure a float32 copy: copy.deepcopy(model).float() "
+                "(or .double() for exactness checks)."
+            )
         if not all_finite(p):
             raise ValueError(f"model: parameter '{name}' contains NaN or inf (diverged training?); nothing to measure.")
 
 
+def check_forward(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """Evaluate ``model`` (in its current mode, without gradient) on ``x`` and refuse what no measure can use:
+
+    * outputs that are not finite (overflow: huge weights or inputs) → :class:`NotFiniteError`;
+    * a random forward pass: the first few inputs (at most 4) evaluated twice must give the same outputs to
+      within 100 ulp of their largest entry; dropout written functionally (``F.dropout(h, p, training=True)``)
+      or injected noise makes every Hessian and Jacobian a random matrix → ``ValueError``.
+
+    Costs one forward pass over ``x`` (chunks of 4096) plus two over 4 inputs."""
+    with torch.no_grad():
+        k = min(x.shape[0], _DETERMINISM_SAMPLES)
+        first, again = model(x[:k]), model(x[:k])
+        if torch.is_tensor(first) and torch.is_floating_point(first):
+            _require_finite_outputs(first, name)
+            diff = float((first - again).abs().max()) if first.numel() else 0.0
+            scale = float(first.abs().max()) if first.numel() else 0.0
+            if not diff <= 100 * torch.finfo(first.dtype).eps * max(scale, 1.0):
+                raise ValueError(
+                    f"model: two forward passes on the same inputs differ (by up to {diff:.3g}), so the network is "
+                    "random (functional dropout such as F.dropout(h, p, training=True), injected noise, ...) and "
+                    "its Hessian/Jacobians are random too. Make the forward pass deterministic for measuring, e.g. "
+                    "F.dropout(h, p, training=self.training) and model.eval()."
+                )
+        for s in range(k, x.shape[0], _FORWARD_CHUNK):
+            out = model(x[s:s + _FORWARD_CHUNK])
+            if torch.is_tensor(out) and torch.is_floating_point(out):
+                _require_finite_outputs(out, name)
+
+
+def _require_finite_outputs(out: torch.Tensor, name: str) -> None:
+    if not all_finite(out):
+        raise NotFiniteError(
+            f"model: the outputs on {name} are not finite (inf/NaN) at these weights (overflow in {out.dtype}); "
+            "nothing to measure. Check the weights' scale (diverged or rescaled training?) and the inputs' scale."
+        )
+
+
+def require_finite_loss(loss: torch.Tensor | float, what: str = "loss") -> None:
+    """Raise :class:`NotFiniteError` if the (already computed) ``loss`` is inf/NaN although the outputs are finite:
+    the squared errors overflow at these weights."""
+    if not math.isfinite(float(loss)):
+        raise NotFiniteError(
+            f"the {what} is not finite at these weights (overflow: the outputs are too large for their dtype); "
+            "nothing to measure. Check the weights' scale (diverged or rescaled training?), or use model.double()."
+        )
+
+
 def check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """Return ``x`` as a tensor on the model's device and dtype; raise if it is empty, 1-D or not finite."""
+    """Return ``x`` as a tensor on the model's device and dtype; raise if it is empty, 1-D or not finite, or if the
+    model's outputs on it are not finite or not deterministic (:func:`check_forward`)."""
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, *input_shape), got {type(x).__name__}")
     if x.dim() < 2 or x.shape[0] == 0:
@@ -71,6 +176,7 @@ def check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Te
     p = next(model.parameters(), None)
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
+    check_forward(model, x, name)
     return x
 
 

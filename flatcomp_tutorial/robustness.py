@@ -13,6 +13,12 @@ First-order link (derived in the chapter): flipping c to c' needs (e_c − e_c')
 m_{c'} = f_c − f_{c'} > 0, so the linearised radius is r_lin = min_{c'} m_{c'} / ||Jᵀ(e_c − e_{c'})||, and since
 ||Jᵀ(e_c − e_{c'})|| ≤ √2 σ_1(J) = √2 MLS, r_lin ≥ m / (√2 MLS) with m the margin to the runner-up class. For a
 linear model r_lin is the exact L2 distance to the decision boundary.
+
+Every function validates like the sharpness measures (:mod:`flatcomp_tutorial.checks`): models in half precision
+(float16/bfloat16) are refused (measure ``copy.deepcopy(model).float()``), and so are outputs that overflow to
+inf/NaN at the given weights, input gradients that overflow, and random forward passes (functional dropout, noise).
+Radii (``eps``, ``eps_max``, ``step_size``) are real numbers, numpy scalars included; counts (``steps``,
+``bisection``, ``levels``, ``k``) are integers, never booleans.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_inputs, measurement_mode
+from .checks import NotFiniteError, all_finite, check_count, check_inputs, check_real, measurement_mode
 
 NORMS = ("l2", "linf")
 ATTACK_LOSSES = ("mse", "cross_entropy", "margin")
@@ -59,6 +65,8 @@ def _check_choice(value: str, choices: tuple, name: str) -> None:
 
 
 def _eps_vector(eps, n: int, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
+    if isinstance(eps, (bool, np.bool_)) or (torch.is_tensor(eps) and eps.dtype == torch.bool):
+        raise ValueError(f"{name} must be a number or one value per input, got the boolean {eps!r}")
     e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     if e.dim() == 0:
         e = e.expand(n)
@@ -109,6 +117,10 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, los
     with torch.enable_grad():
         obj = _objective(model(xx), labels, loss).sum()
         (g,) = torch.autograd.grad(obj, xx)
+    if not all_finite(g):
+        raise NotFiniteError(f"the input gradient of the '{loss}' attack objective is not finite at these weights "
+                             f"(overflow in {g.dtype}); nothing to measure. Check the weights' scale, use "
+                             "model.double(), or attack the margin (loss='margin').")
     return g
 
 
@@ -149,8 +161,8 @@ def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float | to
     ``steps=1``, ``step_size=ε`` and the same ``loss`` is exactly :func:`fgsm`. Chapter "Beyond the paper"."""
     _check_choice(norm, NORMS, "norm")
     _check_choice(loss, ATTACK_LOSSES, "loss")
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = check_count(steps, "steps")
+    seed = check_count(seed, "seed", 0)
     with measurement_mode(model):
         x = check_inputs(model, x)
         labels = _check_labels(model, x, labels)
@@ -207,11 +219,11 @@ def adversarial_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
     the smallest successful one, and then bisects ``bisection`` times between it and the next smaller radius
     (a per-input ε). 0 for inputs already misclassified; ``inf`` where PGD fails at every level. The result is an
     upper bound on the true radius (PGD may miss closer adversarial points). Chapter "Beyond the paper"."""
-    if not (isinstance(eps_max, (int, float)) and math.isfinite(eps_max) and eps_max > 0):
-        raise ValueError(f"eps_max must be a positive finite number (the largest radius searched), got {eps_max!r}")
-    for arg, v in (("bisection", bisection), ("levels", levels)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {v!r}")
+    eps_max = check_real(eps_max, "eps_max (the largest radius searched)")
+    steps, bisection, levels = (check_count(v, arg) for arg, v in (("steps", steps), ("bisection", bisection),
+                                                                    ("levels", levels)))
+    _check_choice(norm, NORMS, "norm")
+    _check_choice(loss, ATTACK_LOSSES, "loss")
     with measurement_mode(model):
         x = check_inputs(model, x)
         labels = _check_labels(model, x, labels)
@@ -284,17 +296,15 @@ def segment_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, anch
     anchor is predicted differently, 0 if x is misclassified). Unlike PGD it cannot be fooled by vanishing input
     gradients (saturated units), so min(PGD radius, segment radius) is the empirical radius the book reports.
     Chapter "Beyond the paper"."""
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer (anchors per input), got {k!r}")
-    if not isinstance(bisection, (int, np.integer)) or bisection < 1:
-        raise ValueError(f"bisection must be a positive integer, got {bisection!r}")
+    k = check_count(k, "k (anchors per input)")
+    bisection = check_count(bisection, "bisection")
     with measurement_mode(model):
         x = check_inputs(model, x)
         labels = _check_labels(model, x, labels)
-        anchors = check_inputs(model, anchors, "anchors")
-        if anchors.shape[1:] != x.shape[1:]:
+        if torch.is_tensor(anchors) and anchors.shape[1:] != x.shape[1:]:
             raise ValueError(f"anchors must have the input shape of x, {tuple(x.shape[1:])}, got "
                              f"{tuple(anchors.shape[1:])}")
+        anchors = check_inputs(model, anchors, "anchors")
         n = x.shape[0]
         wrong = _predict(model, x) != labels
         pa = _predict(model, anchors)
@@ -324,6 +334,8 @@ def radii(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps_max: floa
     ``linearized``, ``mls``, ``mls_bound``), ``pgd`` (:func:`adversarial_radius` up to ``eps_max``) and, with
     ``anchors``, ``segment`` (:func:`segment_radius`) and ``empirical`` = min(pgd, segment), the closest adversarial
     point found. Chapter "Beyond the paper"."""
+    eps_max = check_real(eps_max, "eps_max (the largest radius searched)")
+    steps, bisection = check_count(steps, "steps"), check_count(bisection, "bisection")
     out = dict(linear_radius(model, x, labels))
     out["pgd"] = adversarial_radius(model, x, labels, eps_max=eps_max, steps=steps, bisection=bisection)
     if anchors is not None:
@@ -344,6 +356,7 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``inputs_mean_mls`` (mean MLS over
     ``x``). ``return_radii=True`` also returns the per-input arrays of :func:`radii` they summarise.
     Chapter "Beyond the paper"."""
+    eps = check_real(eps, "eps (the attack radius)", strict=False)
     r = radii(model, x, labels, eps_max, anchors=anchors, steps=steps, bisection=bisection)
     out = {"fgsm_success": attack_success_rate(model, x, labels, eps, method="fgsm"),
            "pgd_success": attack_success_rate(model, x, labels, eps, method="pgd", steps=steps),

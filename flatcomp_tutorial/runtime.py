@@ -2,40 +2,74 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import torch
 
+from .checks import check_count, is_integer
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else Apple MPS if available, else CPU; anything else is passed to torch."""
+# Accelerator backends without float64 arithmetic (Apple's Metal Performance Shaders).
+_NO_FLOAT64 = ("mps",)
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> torch.device:
+    """``"auto"`` -> CUDA if available, else Apple MPS if available, else CPU; anything else is passed to torch.
+
+    ``dtype``: the floating dtype the work needs. MPS has no float64, so with ``dtype=torch.float64`` ``"auto"``
+    skips MPS and falls back to the CPU with a ``UserWarning`` saying why, and an explicit MPS device raises a
+    ``ValueError`` (the exactness checks of several chapters are float64)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype (e.g. torch.float64) or None, got {dtype!r}")
+    needs64 = dtype == torch.float64
     if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+        dev = device
+    elif device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
+            if needs64:
+                warnings.warn("device='auto': Apple MPS is available but has no float64 support, and this work "
+                              "needs float64; using the CPU instead.", UserWarning, stacklevel=2)
+                return torch.device("cpu")
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from err
+    if needs64 and dev.type in _NO_FLOAT64:
+        raise ValueError(f"device {str(dev)!r} has no float64 support, and this work needs float64; use "
+                         "device='cpu' (or 'auto', which then picks CUDA or the CPU).")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
+    if not is_integer(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def configure(seed: int = 0, device: str = "auto", threads: int | None = None) -> torch.device:
+def configure(seed: int = 0, device: str = "auto", threads: int | None = None,
+              dtype: torch.dtype | None = None) -> torch.device:
     """Seed everything, fix the number of CPU threads (timings and bitwise reproducibility depend on it) and
-    return the resolved device. Every chapter calls this right after its ``parameters`` cell."""
+    return the resolved device (:func:`resolve_device`; pass ``dtype=torch.float64`` when the chapter computes in
+    float64, so that ``"auto"`` never picks MPS). Every chapter calls this right after its ``parameters`` cell.
+    All arguments are validated before anything is changed."""
+    if not is_integer(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    threads = check_count(threads, "threads (a positive number of CPU threads)", optional=True)
+    dev = resolve_device(device, dtype)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads}")
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     seed_everything(seed)
-    return resolve_device(device)
+    return dev

@@ -1,4 +1,4 @@
-"""Sharpness of the training loss in parameter space (THEORY §2; book chapter "Measuring sharpness").
+"""Sharpness of the training loss in parameter space (book chapter "Measuring sharpness").
 
 Conventions (printed next to every number in the book):
 
@@ -15,9 +15,16 @@ Conventions (printed next to every number in the book):
 * Everything is computed on the model's device and in its dtype (use ``model.double()`` for exactness
   checks); eigen-solvers work in float64 on the CPU side.
 * Every public function runs inside :func:`flatcomp_tutorial.checks.measurement_mode` (refuses BatchNorm in
-  train mode, active dropout and non-finite parameters; restores train/eval flags) and validates ``x``/``y``.
+  train mode, active dropout, non-finite parameters and half-precision models; restores train/eval flags) and
+  validates ``x``/``y``. Before any product it evaluates the model once on ``x`` and refuses outputs or a loss
+  that overflow to inf/NaN and random forward passes (functional dropout, noise); products that overflow later
+  raise the same :class:`~flatcomp_tutorial.checks.NotFiniteError` instead of returning NaN.
+* Precision: float16/bfloat16 models are refused (round-off about 1e-3/1e-2 relative swamps second
+  derivatives); measure a float32 copy, ``copy.deepcopy(model).float()``.
+* Counts (``k``, ``probes``, ``n_vectors``, ``lanczos_steps``, ``batch_size``, ...) must be integers (numpy
+  integers too); booleans and fractions are refused.
 
-Reparametrisation (ReLU nets, THEORY §2): W_l, b_l → cW_l, cb_l and W_{l+1} → W_{l+1}/c leaves f unchanged but
+Reparametrisation (ReLU nets): W_l, b_l → cW_l, cb_l and W_{l+1} → W_{l+1}/c leaves f unchanged but
 changes Tr H and λ_max. The relative flatness κ is unchanged for BOTH layers involved (κ_l and κ_{l+1}; with G
 in place of H see identity B8), and so is the adaptive sharpness S_ad. Under neuron-wise rescaling (a different
 c_s per hidden unit s: row s of W_l, b_l times c_s, column s of W_{l+1} divided by c_s) S_ad and κ_l (the layer
@@ -37,7 +44,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
-from .checks import all_finite, check_inputs, check_targets, dense_layers, measurement_mode
+from .checks import (NotFiniteError, all_finite, check_count, check_inputs, check_real, check_targets, dense_layers,
+                     measurement_mode, require_finite_loss)
 
 __all__ = [
     "Estimate",
@@ -188,10 +196,28 @@ def _problem(model, x, y, loss, batch_size=None, parameters=None, need_y=True) -
     yy = _targets(y, x, n_out, loss) if need_y else None
     if batch_size is None:
         batch_size = min(x.shape[0], 4096)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None (whole data set), got {batch_size!r}")
+    batch_size = check_count(batch_size, "batch_size (a positive integer, or None for the whole data set)")
     block, fixed = _split_params(model, parameters)
-    return _Problem(model, block, fixed, x, yy, loss, n_out, int(batch_size))
+    prob = _Problem(model, block, fixed, x, yy, loss, n_out, batch_size)
+    if need_y:
+        require_finite_loss(_full_loss(prob))
+    return prob
+
+
+def _full_loss(prob: _Problem) -> float:
+    """L(θ) on all of ``x`` (one forward pass, no gradient), to refuse an overflowing loss up front."""
+    with torch.no_grad():
+        return float(sum(prob.outputs_loss(prob.model(prob.x[sl]), sl).double() for sl in prob.chunks()))
+
+
+def _require_finite_products(out: torch.Tensor, what: str = "Hessian") -> torch.Tensor:
+    """``out`` unchanged, or :class:`NotFiniteError` when a curvature product overflowed (a NaN would otherwise
+    flow silently into every estimate, or make ARPACK fail with a Fortran error code)."""
+    if not all_finite(out):
+        raise NotFiniteError(f"the {what}-vector products are not finite at these weights (overflow in the second "
+                             f"derivatives, {out.dtype}); nothing to measure. Check the weights' scale, or use "
+                             "model.double().")
+    return out
 
 
 def _as_vectors(prob: _Problem, v, name="v") -> tuple[torch.Tensor, bool]:
@@ -219,10 +245,13 @@ def _probe_group(prob: _Problem, probe_batch: int | None) -> int:
     return int(min(32, max(1, round(8e6 / max(work, 1)))))
 
 
-def _check_probes(probes, minimum=1, name="probes"):
-    if not isinstance(probes, (int, np.integer)) or probes < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {probes!r}")
-    return int(probes)
+def _check_probes(probes, minimum=1, name="probes") -> int:
+    """A count such as ``probes``: an integer >= ``minimum`` (numpy integers accepted, booleans refused)."""
+    return check_count(probes, name, minimum)
+
+
+def _check_seed(seed) -> int:
+    return check_count(seed, "seed", 0)
 
 
 def _rademacher(m: int, dim: int, gen: torch.Generator, prob: _Problem) -> torch.Tensor:
@@ -315,7 +344,7 @@ def _hvp_operator(prob: _Problem, cache: bool = True) -> Callable[[torch.Tensor]
             part = prob.flatten(dict(zip(prob.block, res)), batch_dims=1) if batched else \
                 prob.flatten(dict(zip(prob.block, res)))[None]
             out = part if out is None else out + part
-        return out
+        return _require_finite_products(out)
 
     return matvec
 
@@ -347,7 +376,7 @@ def _ggnvp_batch(prob: _Problem, V: torch.Tensor) -> torch.Tensor:
 
         return one
 
-    return _sum_over_chunks(prob, V, per_chunk)
+    return _require_finite_products(_sum_over_chunks(prob, V, per_chunk), "Gauss–Newton")
 
 
 def _matvec_fn(prob: _Problem, curvature: str):
@@ -510,22 +539,30 @@ def gauss_newton_trace(model: nn.Module, x: torch.Tensor, loss: str = "mse", per
     ||∇_W f_a(x_i)||² = ||D_{a,i}||² ||h_i||², with D = ∂f/∂z for all samples from N batched backward passes.
     Other parameters (convolutions, ...): per-sample Jacobians with ``vmap(jacrev)``, in chunks (about 2^24
     Jacobian entries at a time). Never a Python loop over samples. At zero MSE loss Tr G = Tr H
-    (THEORY §2, interpolation identity). ``per_layer=True`` returns ``{dense-layer name: Tr G_{W_l}}`` for
-    every layer of :func:`~flatcomp_tutorial.checks.dense_layers` (weight block only, no bias) plus
+    (interpolation identity). ``per_layer=True`` returns ``{dense-layer name: Tr G_{W_l}}`` for every layer of
+    :func:`~flatcomp_tutorial.checks.dense_layers` (weight block only, no bias; each must be trainable) plus
     ``"total"`` = Tr G over all trainable parameters. Chapter "Measuring sharpness".
     """
     with measurement_mode(model):
         prob = _problem(model, x, None, loss, batch_size, need_y=False)
         traces = _gn_block_traces(prob, fast)
         total = float(sum(traces.values()))
+        if not math.isfinite(total):
+            raise NotFiniteError("gauss_newton_trace: Tr G is not finite at these weights (overflow in the Jacobians); "
+                                 "nothing to measure. Check the weights' scale, or use model.double().")
         if not per_layer:
             return total
         result: dict[str, float] = {}
         for name, layer in dense_layers(model):
             key = f"{name}.weight" if name else "weight"
             if key not in traces:
-                raise ValueError(f"per_layer: the weight of dense layer '{name}' is frozen (requires_grad=False); "
-                                 "unfreeze it or use per_layer=False.")
+                raise ValueError(
+                    f"the weight of dense layer '{name}' is frozen (requires_grad=False), so its block trace "
+                    "Tr G_W (needed per dense layer by gauss_newton_trace(per_layer=True), by the bounds and by the "
+                    "trace_g measure of training) is not among the differentiated parameters. Make it trainable "
+                    "before measuring: model.requires_grad_(True) (freezing does not change the function). For "
+                    "a partly frozen model only the total over the trainable parameters is available: "
+                    "gauss_newton_trace(model, x) with the default per_layer=False.")
             result[name] = traces[key]
         result["total"] = total
     return result
@@ -548,10 +585,14 @@ def top_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     """
     if which not in ("LA", "SA", "LM"):
         raise ValueError(f"which must be 'LA' (largest), 'SA' (most negative) or 'LM' (largest |λ|), got {which!r}")
+    tol = check_real(tol, "tol (eigsh's relative accuracy; 0 means machine precision)", 0.0, strict=False)
+    seed = _check_seed(seed)
+    ncv = check_count(ncv, "ncv", optional=True)
+    maxiter = check_count(maxiter, "maxiter", optional=True)
     with measurement_mode(model):
         prob = _problem(model, x, y, loss, batch_size, parameters)
         P = prob.dim
-        if not isinstance(k, (int, np.integer)) or not 1 <= k < P:
+        if not (isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))) or not 1 <= k < P:
             raise ValueError(f"k must be an integer with 1 <= k < P = {P} (Lanczos cannot return all "
                              f"eigenvalues; use a dense eigensolver for that), got {k!r}")
         count = [0]
@@ -604,7 +645,8 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
     Tr H = Tr G (exact, :func:`gauss_newton_trace`) + Hutchinson on R = H − G (control variate; each probe costs
     2 products, counted in ``matvecs``). Near a minimum R is small, so its variance 2||R||_F² (off-diagonal) is far
     below that of H: on the trained digits MLP the per-probe std drops about 25×. ``probe_batch``
-    products are computed together (batched autograd; ``None`` picks by problem size and device). ``curvature="gauss_newton"`` estimates Tr G instead.
+    products are computed together (batched autograd; ``None`` picks by problem size and device).
+    ``curvature="gauss_newton"`` estimates Tr G instead.
     Chapter "Measuring sharpness".
     """
     if method not in ("hutchinson", "hutch++", "gn-control"):
@@ -612,6 +654,7 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
     if method == "gn-control" and curvature != "hessian":
         raise ValueError("method='gn-control' estimates Tr H as exact Tr G + Hutchinson on H − G; it needs "
                          "curvature='hessian' (for Tr G itself use gauss_newton_trace, which is exact).")
+    seed = _check_seed(seed)
     probes = _check_probes(probes, 3 if method == "hutch++" else 1,
                            "probes" + (" (hutch++ needs >= 3: sketch, projection, residual)"
                                        if method == "hutch++" else ""))
@@ -696,11 +739,14 @@ def slq_nodes_weights(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: 
     Σ_k τ_k θ_k^p = vᵀ H^p v / ||v||² exactly for p ≤ 2·steps − 1, so the p-th moment of the density is
     E ≈ Tr(H^p)/P. Returns a list of ``(nodes, weights)``, one per vector. Chapter "Measuring sharpness".
     """
+    lanczos_steps = _check_probes(lanczos_steps, 1, "lanczos_steps")
+    seed = _check_seed(seed)
+    if start_vectors is None:
+        n_vectors = _check_probes(n_vectors, 1, "n_vectors")
     with measurement_mode(model):
         prob = _problem(model, x, y, loss, batch_size, parameters)
-        steps = min(_check_probes(lanczos_steps, 1, "lanczos_steps"), prob.dim)
+        steps = min(lanczos_steps, prob.dim)
         if start_vectors is None:
-            n_vectors = _check_probes(n_vectors, 1, "n_vectors")
             V0 = _rademacher(n_vectors, prob.dim, torch.Generator().manual_seed(seed), prob)
         else:
             V0, _ = _as_vectors(prob, start_vectors, "start_vectors")
@@ -719,6 +765,13 @@ def hessian_spectral_density(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     on the grid. Defaults: ``sigma`` = 1% of the Ritz-value range; ``grid`` (or an int = number of points,
     default 1000) spans the Ritz values ± 5σ. Returns ``(grid, density)``. Chapter "Measuring sharpness".
     """
+    if sigma is not None:
+        sigma = check_real(sigma, "sigma (the Gaussian smoothing width)")
+    if isinstance(grid, (bool, np.bool_)):
+        raise ValueError(f"grid must be an increasing 1-D array, the number of points (an integer >= 2) or None, "
+                         f"got {grid!r}")
+    if isinstance(grid, (int, np.integer)):
+        check_count(grid, "grid (the number of points)", 2)
     nw = slq_nodes_weights(model, x, y, loss, n_vectors, lanczos_steps, seed, None, batch_size, parameters)
     nodes = np.concatenate([t for t, _ in nw])
     weights = np.concatenate([w for _, w in nw]) / len(nw)
@@ -768,14 +821,18 @@ def relative_flatness(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
     A Aᵀ = W Wᵀ (A = W, or W Wᵀ's eigen-factor when that is smaller), κ = Σ_k Σ_j (a_k ⊗ e_j)ᵀ H (a_k ⊗ e_j),
     rank(W)·cols(W) block products. ``"hutchinson"``: κ = E[vᵀ H v], v = W Z on the W block, Z Rademacher
     (cols × cols). ``curvature="gauss_newton"`` uses G (then κ_l = (1/n) Σ_i ||∂f/∂h_{l−1}||_F² ||h_{l−1}||²,
-    THEORY B8; ``y`` may be None). Invariant to W_l → cW_l, W_{l+1} → W_{l+1}/c (ReLU), for both layers; under
-    neuron-wise rescaling only κ_l (rows rescaled) is invariant, κ_{l+1} is not.
+    identity B8 of the chapter "Network-wide and reparametrization-invariant bounds"; ``y`` may be None).
+    Invariant to W_l → cW_l, W_{l+1} → W_{l+1}/c (ReLU), for both layers; under neuron-wise rescaling only κ_l
+    (rows rescaled) is invariant, κ_{l+1} is not.
     Chapter "Measuring sharpness".
     """
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
     if curvature not in ("hessian", "gauss_newton"):
         raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
+    seed = _check_seed(seed)
+    if method == "hutchinson":
+        probes = _check_probes(probes)
     with measurement_mode(model):
         name, lin = _resolve_layer(model, layer)
         key = f"{name}.weight" if name else "weight"
@@ -817,6 +874,9 @@ def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss:
     """
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
+    seed = _check_seed(seed)
+    if method == "hutchinson":
+        probes = _check_probes(probes)
     with measurement_mode(model):
         prob = _problem(model, x, y, loss, batch_size, parameters)
         probe_batch = _probe_group(prob, probe_batch)

@@ -2,9 +2,10 @@
 
 One record per checkpoint (every ``track_every`` optimisation steps, plus the first and the last step) with the
 full-dataset train/test loss and accuracy, evaluated in eval mode without gradient, the training ``phase`` and the
-requested sharpness/compression ``measures`` (THEORY §2-3) on a fixed, seeded measurement subset.
+requested sharpness/compression ``measures`` (chapters "Measuring sharpness", "Measuring compression") on a
+fixed, seeded measurement subset.
 
-Variants of the dynamics of THEORY §5 (chapter "Why SGD finds flat minima"):
+Variants of the dynamics of the chapter "Why SGD finds flat minima":
 
 - ``optimizer="sgd"`` (``momentum``, ``weight_decay``) or ``"adam"``;
 - ``label_noise=σ``: each step adds fresh N(0, σ²) noise to the minibatch targets (label-noise SGD; Blanc et al.
@@ -17,17 +18,20 @@ Variants of the dynamics of THEORY §5 (chapter "Why SGD finds flat minima"):
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from .checks import check_count, check_real, is_integer
 from .data import Dataset
 from .runtime import resolve_device
 
@@ -113,8 +117,8 @@ def measurement_subset(data: Dataset, measure_n: int | None = 256, seed: int = 0
     """The fixed subset every measure uses: ``min(measure_n, n)`` training and test samples drawn without
     replacement by a generator seeded with ``seed`` (independent of the training seed, so every run of a sweep
     is measured on the same inputs). ``measure_n=None``: the whole sets, in order."""
-    if measure_n is not None and measure_n < 2:
-        raise ValueError(f"measure_n must be >= 2 or None (all samples), got {measure_n}")
+    _check_measure_n(measure_n)
+    check_count(seed, "measure_seed", 0)
 
     def pick(n: int) -> torch.Tensor:
         if measure_n is None or measure_n >= n:
@@ -127,6 +131,11 @@ def measurement_subset(data: Dataset, measure_n: int | None = 256, seed: int = 0
     return Dataset(f"{data.name}[measure]", data.x_train[tr], data.y_train[tr], data.labels_train[tr],
                    data.x_test[te], data.y_test[te], data.labels_test[te], data.n_classes, data.input_shape,
                    data.classes, dict(data.meta, measure_n=measure_n, measure_seed=seed))
+
+
+def _check_measure_n(measure_n) -> None:
+    if measure_n is not None and (not is_integer(measure_n) or measure_n < 2):
+        raise ValueError(f"measure_n must be >= 2 (an integer) or None (all samples), got {measure_n!r}")
 
 
 def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
@@ -211,7 +220,11 @@ def resolve_measures(measures: Sequence[str] | Mapping[str, MeasureFn] | None, l
 
 
 def _measure_row(model: nn.Module, fns: dict[str, MeasureFn], mdata: Dataset, errors: dict[str, str]) -> dict:
-    """Evaluate every measure in eval mode; a measure that raises ValueError gives NaN (message kept in ``errors``)."""
+    """Evaluate every measure in eval mode; a measure that raises ValueError gives NaN (message kept in ``errors``).
+
+    This includes :class:`~flatcomp_tutorial.checks.NotFiniteError` (a ``ValueError``): when the outputs, loss or
+    curvature products overflow at a checkpoint, the measure is NaN there, the reason is recorded, and training
+    goes on."""
     was_training = model.training
     model.eval()
     row: dict[str, float] = {}
@@ -258,6 +271,88 @@ def _sam_perturb(params: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
     return eps
 
 
+def _check_output_width(model: nn.Module, d: Dataset, loss: str) -> None:
+    """Refuse a model whose output width does not fit the targets, before any step: with MSE an output of width 1
+    against one-hot targets of width 2 would broadcast silently and train on a different loss."""
+    if d.y_train.dim() != 2:
+        raise ValueError(f"data.y_train must have shape (n, n_outputs), got {tuple(d.y_train.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(d.x_train[:2])
+    finally:
+        model.train(was_training)
+    if not torch.is_tensor(out) or out.dim() != 2 or out.shape[0] != min(2, d.n_train):
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"model must map inputs (n, *input_shape) to outputs (n, N); got {shape} for "
+                         f"{min(2, d.n_train)} inputs")
+    width, targets = out.shape[1], d.y_train.shape[1]
+    if loss == "mse" and width != targets:
+        raise ValueError(f"the model's output width is {width} but the targets' width is {targets} (data.y_train "
+                         f"has shape {tuple(d.y_train.shape)}); the MSE loss compares them entry by entry. Build the "
+                         f"model with n_out={targets} (data.n_outputs).")
+    if loss == "cross_entropy":
+        if targets < 2:
+            raise ValueError(f"loss='cross_entropy' needs one-hot class targets with at least 2 columns; "
+                             f"data.y_train has width {targets} (regression targets?): use loss='mse'.")
+        if width != targets:
+            raise ValueError(f"the model's output width is {width} but the data have {targets} classes (one-hot "
+                             f"targets of width {targets}); cross_entropy needs one output (logit) per class. "
+                             f"Build the model with n_out={targets}.")
+
+
+def check_train_options(n_train: int | None = None, **options: Any) -> None:
+    """Raise ValueError if :func:`train` would refuse these keyword ``options`` (all but ``model``, ``data``,
+    ``device``, ``progress``): unknown names, loss/optimizer, counts (integers; numpy integers accepted, booleans and
+    fractions refused), rates, measure names. ``lr`` and ``batch_size`` are required; ``batch_size`` is checked
+    against ``n_train`` when given. Used by :func:`train` and by sweeps to check a whole grid before any run."""
+    params = inspect.signature(train).parameters
+    known = set(params) - {"model", "data", "device", "progress"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+    missing = [k for k in ("lr", "batch_size") if k not in options]
+    if missing:
+        raise ValueError(f"missing training option(s) {missing}")
+    o = {k: p.default for k, p in params.items() if k in known and p.default is not inspect.Parameter.empty}
+    o.update(options)
+    if o["loss"] not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {o['loss']!r}")
+    if o["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {o['optimizer']!r}")
+    if (o["epochs"] is None) == (o["steps"] is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    for arg in ("epochs", "steps"):
+        if o[arg] is not None:
+            check_count(o[arg], arg)
+    lr = o["lr"]
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    for arg in ("label_noise", "sam_rho", "momentum", "weight_decay"):
+        v = o[arg]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{arg} must be a finite number >= 0, got {v!r}")
+    bs = o["batch_size"]
+    if not is_integer(bs) or bs < 1 or (n_train is not None and bs > n_train):
+        limit = f"between 1 and n_train={n_train}" if n_train is not None else "a positive integer"
+        raise ValueError(f"batch_size must be {limit} (an integer number of samples), got {bs!r}")
+    check_count(o["seed"], "seed", 0)
+    check_count(o["measure_seed"], "measure_seed", 0)
+    check_count(o["probes"], "probes")
+    k = o["late_phase_steps"]
+    if k is not None and (not is_integer(k) or k < 0):
+        raise ValueError(f"late_phase_steps must be >= 0 (an integer; or None: no late phase), got {k!r}")
+    check_real(o["late_phase_threshold"], "late_phase_threshold")
+    for arg in ("track_every", "late_track_every", "check_every"):
+        v = o[arg]
+        if v is not None and (not is_integer(v) or v < 1):
+            raise ValueError(f"{arg} must be a positive number of steps (an integer) or None (the default), "
+                             f"got {v!r}")
+    if resolve_measures(o["measures"], o["loss"], o["probes"]):
+        _check_measure_n(o["measure_n"])
+
+
 def train(model: nn.Module, data: Dataset, lr: float, batch_size: int, epochs: int | None = None,
           steps: int | None = None, loss: str = "mse", optimizer: str = "sgd", momentum: float = 0.0,
           weight_decay: float = 0.0, label_noise: float = 0.0, sam_rho: float = 0.0, seed: int = 0,
@@ -283,44 +378,41 @@ def train(model: nn.Module, data: Dataset, lr: float, batch_size: int, epochs: i
     ``measures``: names from ``MEASURES`` (or ``"default"``) and/or ``{name: fn(model, measure_data)}``, computed
     in eval mode at every checkpoint on :func:`measurement_subset` ``(data, measure_n, measure_seed)``; a dict
     result adds one column per key. Hutchinson estimators use ``probes`` probes. ``history.attrs`` states the
-    conventions and which data each measure used.
+    conventions and which data each measure used. A measure that fails at a checkpoint (inapplicable, or outputs
+    and loss overflowing there) is NaN in that row, with the reason in ``history.attrs["measure_errors"]``.
+
+    Everything is validated before the first step: the model's output width must equal the targets' width
+    (``data.n_outputs``) for MSE, or the number of classes for cross-entropy; counts (``batch_size``, ``epochs``,
+    ``steps``, ``probes``, ``track_every``, ...) are integers (numpy integers accepted, booleans and fractions
+    refused); ``lr`` is a positive finite number. ``device="auto"`` never picks MPS for a float64 model (no
+    float64 there; :func:`~flatcomp_tutorial.runtime.resolve_device`).
     """
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= or steps=")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    for arg, v in (("label_noise", label_noise), ("sam_rho", sam_rho), ("momentum", momentum),
-                   ("weight_decay", weight_decay)):
-        if not (v >= 0 and math.isfinite(v)):
-            raise ValueError(f"{arg} must be a finite number >= 0, got {v}")
-    if late_phase_steps is not None and late_phase_steps < 0:
-        raise ValueError(f"late_phase_steps must be >= 0 (or None: no late phase), got {late_phase_steps}")
-    if not late_phase_threshold > 0:
-        raise ValueError(f"late_phase_threshold must be > 0, got {late_phase_threshold}")
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise ValueError(f"model must be a torch.nn.Module with parameters, got {type(model).__name__}")
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a flatcomp_tutorial.data.Dataset (load_dataset(...)), "
+                         f"got {type(data).__name__}")
+    check_train_options(data.n_train, lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, loss=loss,
+                        optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, label_noise=label_noise,
+                        sam_rho=sam_rho, seed=seed, track_every=track_every, measures=measures, measure_n=measure_n,
+                        measure_seed=measure_seed, probes=probes, late_phase_steps=late_phase_steps,
+                        late_phase_threshold=late_phase_threshold, late_track_every=late_track_every,
+                        check_every=check_every)
     n = data.n_train
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be between 1 and n_train={n}, got {batch_size}")
+    batch_size = int(batch_size)
     steps_per_epoch = math.ceil(n / batch_size)
-    total = steps if steps is not None else epochs * steps_per_epoch
-    if total < 1:
-        raise ValueError(f"nothing to do: {'steps' if steps is not None else 'epochs'} must be >= 1")
+    total = int(steps) if steps is not None else int(epochs) * steps_per_epoch
     track_every = track_every or max(1, total // 50)
     late_track_every = late_track_every or max(1, (late_phase_steps or 0) // 50)
     check_every = check_every or steps_per_epoch
-    for arg, v in (("track_every", track_every), ("late_track_every", late_track_every), ("check_every", check_every)):
-        if v < 1:
-            raise ValueError(f"{arg} must be a positive number of steps, got {v}")
     fns = resolve_measures(measures, loss, probes)
 
-    dev = resolve_device(device)
     dtype = next(model.parameters()).dtype
+    dev = resolve_device(device, dtype)
     d = data.to(dev, dtype)
-    mdata = measurement_subset(d, measure_n, measure_seed) if fns else d
     model.to(dev)
+    _check_output_width(model, d, loss)
+    mdata = measurement_subset(d, measure_n, measure_seed) if fns else d
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     gen = torch.Generator().manual_seed(seed)

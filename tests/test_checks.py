@@ -1,8 +1,12 @@
-"""Specification of flatcomp_tutorial.checks.all_finite: the fast summed check never changes the verdict."""
+"""Specification of flatcomp_tutorial.checks: the validation every measure runs before it computes anything."""
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from flatcomp_tutorial.checks import all_finite
+from flatcomp_tutorial.checks import (NotFiniteError, all_finite, check_count, check_forward, check_inputs,
+                                      check_model, check_real, measurement_mode)
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -19,3 +23,112 @@ def test_all_finite_agrees_with_an_elementwise_check(values, expected):
 
 def test_all_finite_accepts_integer_and_empty_tensors():
     assert all_finite(torch.arange(5)) and all_finite(torch.empty(0))
+
+
+# ------------------------------------------------------------------------------------------------ scalar arguments
+@pytest.mark.parametrize("value", [3, np.int64(3), np.int32(3)])
+def test_check_count_accepts_python_and_numpy_integers(value):
+    assert check_count(value, "probes") == 3 and type(check_count(value, "probes")) is int
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), 2.5, 3.0, 0, -1, "3", None])
+def test_check_count_refuses_booleans_fractions_and_non_positive_values_naming_the_argument(value):
+    with pytest.raises(ValueError, match="probes must be an integer >= 1"):
+        check_count(value, "probes")
+
+
+def test_check_count_lets_none_pass_only_when_optional_and_honours_the_minimum():
+    assert check_count(None, "ncv", optional=True) is None
+    assert check_count(0, "seed", minimum=0) == 0
+    with pytest.raises(ValueError, match="grid must be an integer >= 2"):
+        check_count(1, "grid", minimum=2)
+
+
+@pytest.mark.parametrize("value", [1, 1.0, np.float32(1.0), np.float64(1.0), np.int64(1)])
+def test_check_real_accepts_python_and_numpy_reals(value):
+    np.testing.assert_allclose(check_real(value, "eps_max"), 1.0, rtol=1e-7)
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(True), float("nan"), float("inf"), np.float32("-inf"), 0.0, -1.0,
+                                   "1.0", None, torch.tensor(1.0)])
+def test_check_real_refuses_booleans_non_finite_and_non_positive_values(value):
+    with pytest.raises(ValueError, match="eps_max must be a finite number > 0"):
+        check_real(value, "eps_max")
+
+
+def test_check_real_non_strict_accepts_the_minimum():
+    assert check_real(0, "tol", 0.0, strict=False) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _mlp(dtype=torch.float64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_refused_with_the_float32_advice(dtype):
+    with pytest.raises(ValueError, match=rf"{dtype}; the measures need float32 or float64.*\.float\(\)"):
+        check_model(_mlp(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_single_and_double_precision_models_pass(dtype):
+    check_model(_mlp(dtype))
+
+
+class _Random(nn.Module):
+    """Randomness no module check can see: functional dropout that stays on in eval mode, or injected noise."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.a, self.b = kind, nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if self.kind == "dropout":
+            h = F.dropout(h, 0.5, training=True)
+        else:
+            h = h + 1e-3 * torch.rand_like(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("kind", ["dropout", "noise"])
+def test_measurement_mode_with_checked_inputs_refuses_a_random_forward_pass(kind):
+    torch.manual_seed(0)
+    model = _Random(kind).double().eval()
+    x = torch.randn(10, 4, dtype=torch.float64)
+    check_model(model)  # nothing for the module check to see
+    with pytest.raises(ValueError, match="two forward passes on the same inputs differ"):
+        with measurement_mode(model):
+            check_inputs(model, x)
+
+
+def test_a_deterministic_model_passes_the_forward_check_and_costs_few_evaluations():
+    model = _mlp()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    check_forward(model, torch.randn(10, 4, dtype=torch.float64))
+    assert seen == [4, 4, 6]  # a few inputs twice, then the rest once
+
+
+def test_overflowing_outputs_raise_a_not_finite_error_that_is_a_value_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e20)  # finite weights, outputs ~1e40: inf in float32
+    with pytest.raises(NotFiniteError, match=r"not finite \(inf/NaN\) at these weights \(overflow"):
+        check_inputs(model, torch.randn(6, 4))
+    assert issubclass(NotFiniteError, ValueError)
+
+
+def test_outputs_overflowing_only_past_the_first_inputs_are_refused():
+    model = nn.Sequential(nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1e30)
+        model[0].bias.zero_()
+    x = torch.ones(8, 1)
+    x[6] = 1e10  # 1e40 overflows float32 only for this input, outside the determinism slice
+    with pytest.raises(NotFiniteError):
+        check_forward(model, x)

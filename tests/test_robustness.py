@@ -273,3 +273,114 @@ def test_attacks_leave_no_gradients_on_the_parameters():
     x = _inputs()
     R.pgd(model, x, _own_labels(model, x), 0.2, steps=3)
     assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------ overflow, randomness, precision
+def _overflowing():
+    """A float32 ReLU classifier whose finite weights (every parameter × 1e20) make the outputs overflow."""
+    model = make_model("mlp", (5,), 3, width=8, depth=2, activation="relu", seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e20)
+    return model
+
+
+_EVERY_MEASURE = {
+    "fgsm": lambda m, x, l: R.fgsm(m, x, l, 0.1),
+    "pgd": lambda m, x, l: R.pgd(m, x, l, 0.1, steps=2),
+    "attack_success_rate": lambda m, x, l: R.attack_success_rate(m, x, l, 0.1, steps=2),
+    "adversarial_radius": lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, steps=2, levels=2,
+                                                               bisection=2),
+    "linear_radius": lambda m, x, l: R.linear_radius(m, x, l),
+    "segment_radius": lambda m, x, l: R.segment_radius(m, x, l, x.flip(0)),
+    "radii": lambda m, x, l: R.radii(m, x, l, eps_max=1.0, steps=2, bisection=2),
+    "robustness_measures": lambda m, x, l: R.robustness_measures(m, x, l, eps=0.1, eps_max=1.0, steps=2,
+                                                                 bisection=2),
+}
+
+
+@pytest.mark.parametrize("measure", sorted(_EVERY_MEASURE))
+def test_every_measure_refuses_overflowing_outputs_naming_the_overflow(measure):
+    x = _inputs().float()
+    with pytest.raises(ValueError, match=r"outputs on x are not finite \(inf/NaN\) at these weights \(overflow"):
+        _EVERY_MEASURE[measure](_overflowing(), x, torch.zeros(16, dtype=torch.long))
+
+
+def test_an_overflowing_input_gradient_is_refused_not_returned_as_nan():
+    """Finite outputs ~1e20 but a squared-error objective that overflows float32: FGSM on it would return NaN."""
+    model = make_model("mlp", (5,), 3, width=8, depth=2, activation="relu", seed=0)
+    with torch.no_grad():
+        model[-1].weight.mul_(1e20)
+    x = _inputs().float()
+    with pytest.raises(ValueError, match="input gradient of the 'mse' attack objective is not finite"):
+        R.fgsm(model, x, _own_labels(model, x), 0.1, loss="mse")
+
+
+class _NoisyForward(nn.Module):
+    """Noise injected in forward (no dropout module, active in eval mode too): every attack would be random."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.lin(x + 0.1 * torch.randn_like(x))
+
+
+@pytest.mark.parametrize("measure", ["fgsm", "linear_radius", "segment_radius"])
+def test_a_random_forward_pass_is_refused(measure):
+    torch.manual_seed(0)
+    model = _NoisyForward().double().eval()
+    with pytest.raises(ValueError, match="two forward passes on the same inputs differ"):
+        _EVERY_MEASURE[measure](model, _inputs(), torch.zeros(16, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("measure", ["radii", "fgsm", "segment_radius"])
+def test_half_precision_models_are_refused_with_the_float32_advice(dtype, measure):
+    model = _linear().to(dtype)
+    x = _inputs().to(dtype)
+    with pytest.raises(ValueError, match=r"float32 or float64.*\.float\(\)"):
+        _EVERY_MEASURE[measure](model, x, torch.zeros(16, dtype=torch.long))
+
+
+@pytest.mark.parametrize("eps_max", [np.float32(8.0), np.int64(8)])
+def test_adversarial_radius_accepts_any_real_eps_max_including_numpy_scalars(eps_max):
+    model = _linear(n_out=2)
+    x = _inputs(n=4)
+    labels = _own_labels(model, x)
+    kw = dict(steps=3, levels=3, bisection=3)
+    r = R.adversarial_radius(model, x, labels, eps_max=eps_max, **kw)
+    np.testing.assert_allclose(r, R.adversarial_radius(model, x, labels, eps_max=8.0, **kw), rtol=1e-12)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=True), "eps_max"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=np.float32("nan")), "eps_max"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=float("inf")), "eps_max"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=-1.0), "eps_max"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, steps=True), "steps"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, levels=2.5), "levels"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, bisection=True), "bisection"),
+    (lambda m, x, l: R.adversarial_radius(m, x, l, eps_max=1.0, norm="l1"), "norm"),
+    (lambda m, x, l: R.pgd(m, x, l, 0.1, steps=True), "steps"),
+    (lambda m, x, l: R.pgd(m, x, l, 0.1, steps=2.0), "steps"),
+    (lambda m, x, l: R.pgd(m, x, l, 0.1, seed=True), "seed"),
+    (lambda m, x, l: R.fgsm(m, x, l, True), "eps"),
+    (lambda m, x, l: R.segment_radius(m, x, l, x, k=True), "k"),
+    (lambda m, x, l: R.radii(m, x, l, eps_max=float("nan")), "eps_max"),
+    (lambda m, x, l: R.robustness_measures(m, x, l, eps=True, eps_max=1.0), "eps"),
+])
+def test_boolean_fractional_and_non_finite_arguments_are_refused(call, match):
+    model = _linear()
+    x = _inputs()
+    with pytest.raises(ValueError, match=match):
+        call(model, x, _own_labels(model, x))
+
+
+def test_radii_refuses_a_bad_eps_max_before_computing_anything(monkeypatch):
+    monkeypatch.setattr(R, "linear_radius", lambda *a, **k: pytest.fail("work started before validation"))
+    model = _linear()
+    x = _inputs()
+    with pytest.raises(ValueError, match="eps_max"):
+        R.radii(model, x, _own_labels(model, x), eps_max=0.0)

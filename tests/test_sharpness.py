@@ -585,3 +585,163 @@ def test_products_leave_the_parameters_and_their_grad_fields_untouched():
     S.hessian_trace(model, x, y, probes=4)
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+# ------------------------------------------------------------------------------------ overflow, randomness, precision
+def _overflowing(where):
+    """A float32 ReLU MLP whose finite weights make the forward pass overflow: ``"outputs"`` (every parameter
+    × 1e20: outputs inf/NaN) or ``"loss"`` (last layer × 1e20: outputs ~1e20 are finite, their squares are not)."""
+    model = make_model("mlp", (4,), 3, width=6, depth=2, activation="relu", seed=0)
+    with torch.no_grad():
+        for p in (model.parameters() if where == "outputs" else model[-1].parameters()):
+            p.mul_(1e20)
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+    return model, x, y
+
+
+_EVERY_MEASURE = {
+    "hvp": lambda m, x, y: S.hvp(m, x, y, torch.ones(_flat(m).numel())),
+    "ggnvp": lambda m, x, y: S.ggnvp(m, x, y, torch.ones(_flat(m).numel())),
+    "top_hessian_eigenvalues": lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, k=1),
+    "hessian_trace": lambda m, x, y: S.hessian_trace(m, x, y, probes=4),
+    "hessian_trace_gn_control": lambda m, x, y: S.hessian_trace(m, x, y, probes=4, method="gn-control"),
+    "gauss_newton_trace": lambda m, x, y: S.gauss_newton_trace(m, x),
+    "slq_nodes_weights": lambda m, x, y: S.slq_nodes_weights(m, x, y, n_vectors=2, lanczos_steps=4),
+    "hessian_spectral_density": lambda m, x, y: S.hessian_spectral_density(m, x, y, n_vectors=2, lanczos_steps=4),
+    "relative_flatness": lambda m, x, y: S.relative_flatness(m, x, y, layer=2),
+    "adaptive_sharpness": lambda m, x, y: S.adaptive_sharpness(m, x, y, probes=4),
+}
+_LOSS_MEASURES = [k for k in _EVERY_MEASURE if k not in ("ggnvp", "gauss_newton_trace")]  # G ignores the targets
+
+
+@pytest.mark.parametrize("measure", sorted(_EVERY_MEASURE))
+def test_every_measure_refuses_overflowing_outputs_naming_the_overflow(measure):
+    model, x, y = _overflowing("outputs")
+    with pytest.raises(ValueError, match=r"outputs on x are not finite \(inf/NaN\) at these weights \(overflow"):
+        _EVERY_MEASURE[measure](model, x, y)
+
+
+@pytest.mark.parametrize("measure", sorted(_LOSS_MEASURES))
+def test_every_loss_measure_refuses_an_overflowing_loss_instead_of_returning_nan(measure):
+    model, x, y = _overflowing("loss")
+    with pytest.raises(ValueError, match=r"loss is not finite at these weights \(overflow"):
+        _EVERY_MEASURE[measure](model, x, y)
+
+
+def test_overflow_is_refused_up_front_before_any_hessian_product(monkeypatch):
+    model, x, y = _overflowing("loss")
+    monkeypatch.setattr(S, "_hvp_operator", lambda *a, **k: pytest.fail("a product was started"))
+    with pytest.raises(ValueError, match="overflow"):
+        S.top_hessian_eigenvalues(model, x, y)
+
+
+class _Amplified(nn.Module):
+    """f(x) = 1e30 · (W x + b) with W, b ~ 1e-28: outputs ~1e2 and a finite loss, but ∂f/∂θ ~ 1e30, so
+    H ≈ JᵀJ ~ 1e60 overflows float32."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 3)
+        with torch.no_grad():
+            for p in self.lin.parameters():
+                p.mul_(1e-28)
+
+    def forward(self, x):
+        return 1e30 * self.lin(x)
+
+
+@pytest.mark.parametrize("measure", ["hvp", "ggnvp", "hessian_trace", "top_hessian_eigenvalues",
+                                     "slq_nodes_weights"])
+def test_overflowing_hessian_products_raise_instead_of_returning_nan(measure):
+    """Finite outputs and loss, overflowing second derivatives: the check on every product catches what the
+    forward check cannot (today's alternative: NaN, or an ARPACK error code)."""
+    model = _Amplified()
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="(Hessian|Gauss–Newton)-vector products are not finite at these weights"):
+        _EVERY_MEASURE[measure](model, x, y)
+
+
+class _FunctionalDropout(nn.Module):
+    """Dropout written as a function call that stays on in eval mode: no nn.Dropout module to detect."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(nn.functional.dropout(torch.tanh(self.a(x)), 0.5, training=True))
+
+
+@pytest.mark.parametrize("measure", ["hvp", "top_hessian_eigenvalues", "hessian_trace", "gauss_newton_trace",
+                                     "relative_flatness"])
+def test_a_random_forward_pass_is_refused(measure):
+    torch.manual_seed(0)
+    model = _FunctionalDropout().double().eval()
+    x, y = _data(model, (4,), n_out=3)
+    with pytest.raises(ValueError, match="two forward passes on the same inputs differ"):
+        _EVERY_MEASURE[measure](model, x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("measure", ["hvp", "hessian_trace", "gauss_newton_trace", "top_hessian_eigenvalues"])
+def test_half_precision_models_are_refused_with_the_float32_advice(dtype, measure):
+    model = _mlp().to(dtype)
+    x, y = _data(_mlp(), (4,))
+    with pytest.raises(ValueError, match=r"float32 or float64.*\.float\(\)"):
+        _EVERY_MEASURE[measure](model, x.to(dtype), y.to(dtype))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, k=True), "k must be an integer"),
+    (lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, k=1.0), "k must be an integer"),
+    (lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, tol=float("nan")), "tol"),
+    (lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, ncv=True), "ncv"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=True), "probes must be an integer"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=4.0), "probes must be an integer"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=-3), "probes must be an integer"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=4, probe_batch=True), "probe_batch"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=4, seed=True), "seed"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=4, batch_size=2.5), "batch_size"),
+    (lambda m, x, y: S.hessian_trace(m, x, y, probes=4, batch_size=True), "batch_size"),
+    (lambda m, x, y: S.adaptive_sharpness(m, x, y, probes=False), "probes"),
+    (lambda m, x, y: S.relative_flatness(m, x, y, 1, method="hutchinson", probes=True), "probes"),
+    (lambda m, x, y: S.slq_nodes_weights(m, x, y, n_vectors=True), "n_vectors"),
+    (lambda m, x, y: S.slq_nodes_weights(m, x, y, lanczos_steps=2.5), "lanczos_steps"),
+    (lambda m, x, y: S.hessian_spectral_density(m, x, y, grid=True), "grid"),
+    (lambda m, x, y: S.hessian_spectral_density(m, x, y, sigma=float("inf")), "sigma"),
+])
+def test_boolean_and_fractional_counts_are_refused(call, match):
+    model = _mlp()
+    x, y = _data(model, (4,))
+    with pytest.raises(ValueError, match=match):
+        call(model, x, y)
+
+
+def test_numpy_integer_counts_are_accepted():
+    model = _mlp()
+    x, y = _data(model, (4,))
+    a = S.hessian_trace(model, x, y, probes=np.int64(6), seed=np.int32(2), batch_size=np.int64(5))
+    b = S.hessian_trace(model, x, y, probes=6, seed=2)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10)
+    assert S.top_hessian_eigenvalues(model, x, y, k=np.int64(2)).shape == (2,)
+
+
+def _partly_frozen():
+    model = _mlp()
+    dense_layers(model)[0][1].weight.requires_grad_(False)
+    return model
+
+
+def test_per_layer_traces_of_a_partly_frozen_model_give_advice_that_works():
+    model = _partly_frozen()
+    x, _ = _data(model, (4,))
+    with pytest.raises(ValueError, match=r"frozen.*model\.requires_grad_\(True\)") as err:
+        S.gauss_newton_trace(model, x, per_layer=True)
+    assert "use per_layer=False" not in str(err.value)
+    assert S.gauss_newton_trace(model, x) > 0                    # the advertised total over trainable parameters
+    model.requires_grad_(True)                                   # the advertised fix
+    per = S.gauss_newton_trace(model, x, per_layer=True)
+    assert set(per) == {name for name, _ in dense_layers(model)} | {"total"}

@@ -264,3 +264,135 @@ def test_progress_is_quiet_under_ci_or_flatcomp_progress_0(monkeypatch):
     monkeypatch.delenv("CI")
     monkeypatch.setenv("FLATCOMP_PROGRESS", "0")
     assert not fc.training.progress_enabled(None) and fc.training.progress_enabled(True)
+
+
+# ------------------------------------------------------------------------------------------ validation up front
+@pytest.mark.parametrize("width", [1, 3])
+def test_mse_training_refuses_an_output_width_other_than_the_targets_width(small_digits, width):
+    model = fc.make_model("mlp", small_digits.input_shape, width, width=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=rf"output width is {width} but the targets' width is 2.*n_out=2"):
+        fc.train(model, small_digits, lr=0.1, batch_size=8, steps=2, progress=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # refused before any step
+
+
+def test_cross_entropy_training_refuses_an_output_width_other_than_the_number_of_classes(small_digits):
+    with pytest.raises(ValueError, match="output width is 3 but the data have 2 classes"):
+        fc.train(fc.make_model("mlp", small_digits.input_shape, 3, width=8), small_digits, lr=0.1, batch_size=8,
+                 steps=2, loss="cross_entropy", progress=False)
+
+
+def test_cross_entropy_training_refuses_single_column_regression_targets():
+    data = fc.load_dataset("teacher_student", n_train=16, n_test=8, n_outputs=1)
+    with pytest.raises(ValueError, match="cross_entropy.*width 1"):
+        fc.train(fc.make_model("mlp", data.input_shape, 1, width=8), data, lr=0.1, batch_size=8, steps=2,
+                 loss="cross_entropy", progress=False)
+
+
+def test_matching_widths_train_with_both_losses(small_digits):
+    for loss in ("mse", "cross_entropy"):
+        r = fc.train(_mlp(small_digits), small_digits, lr=0.1, batch_size=8, steps=2, loss=loss, progress=False)
+        assert r.config["steps_done"] == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_size=2.5), "batch_size must be between 1 and n_train=64"),
+    (dict(batch_size=True), "batch_size must be between"),
+    (dict(batch_size=0), "batch_size must be between"),
+    (dict(batch_size=-8), "batch_size must be between"),
+    (dict(batch_size=65), "batch_size must be between"),
+    (dict(lr=True), "lr must be a positive finite number"),
+    (dict(lr=float("nan")), "lr must be a positive finite number"),
+    (dict(lr=float("inf")), "lr must be a positive finite number"),
+    (dict(lr="0.1"), "lr must be a positive finite number"),
+    (dict(steps=None, epochs=2.5), "epochs must be an integer"),
+    (dict(steps=None, epochs=0), "epochs must be an integer >= 1"),
+    (dict(steps=True), "steps must be an integer"),
+    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(momentum=True), "momentum must be a finite number >= 0"),
+    (dict(weight_decay=float("inf")), "weight_decay must be a finite number >= 0"),
+    (dict(seed=1.5), "seed must be an integer"),
+    (dict(probes=True), "probes must be an integer"),
+    (dict(track_every=0), "track_every must be a positive number of steps"),
+    (dict(track_every=1.5), "track_every must be a positive number of steps"),
+    (dict(check_every=True), "check_every must be a positive number of steps"),
+    (dict(late_phase_steps=2.5), "late_phase_steps must be >= 0"),
+    (dict(late_phase_threshold=float("nan")), "late_phase_threshold must be a finite number > 0"),
+    (dict(measures=["local"], measure_n=2.5), "measure_n must be >= 2"),
+    (dict(measure_seed=True), "measure_seed must be an integer"),
+])
+def test_train_refuses_bad_numbers_naming_the_argument(small_digits, kwargs, match):
+    args = dict(lr=0.1, batch_size=8, steps=2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        fc.train(_mlp(small_digits), small_digits, progress=False, **args)
+
+
+def test_numpy_integers_are_accepted_as_counts(small_digits):
+    import numpy as np
+
+    r = fc.train(_mlp(small_digits), small_digits, lr=np.float32(0.1), batch_size=np.int64(8), epochs=np.int64(1),
+                 track_every=np.int64(4), progress=False)
+    assert list(r.history.step) == [0, 4, 8] and type(r.config["batch_size"]) is int
+
+
+# ------------------------------------------------------------------------------------- measures that cannot run
+def test_a_measure_whose_loss_overflows_is_nan_with_the_reason_and_training_goes_on(small_digits):
+    """Test inputs × 1e20 through a ReLU net: the test loss overflows float32 at every checkpoint, the training
+    loss does not; test_trace_h is NaN with the overflow named, trace_h is a number, training finishes."""
+    import dataclasses
+
+    data = dataclasses.replace(small_digits, x_test=small_digits.x_test * 1e20)
+    model = fc.make_model("mlp", data.input_shape, 2, width=8, activation="relu", seed=0)
+    r = fc.train(model, data, lr=0.1, batch_size=16, steps=4, track_every=2, measures=["trace_h", "test_trace_h"],
+                 measure_n=8, probes=2, progress=False)
+    h = r.history
+    assert not r.diverged and list(h.step) == [0, 2, 4]
+    assert h.test_trace_h.isna().all() and h.trace_h.notna().all()
+    assert "not finite at these weights (overflow" in h.attrs["measure_errors"]["test_trace_h"]
+
+
+def test_the_measure_row_records_an_overflow_error_as_nan():
+    from flatcomp_tutorial.checks import NotFiniteError
+
+    def overflowing(model, data):
+        raise NotFiniteError("the loss is not finite at these weights (overflow)")
+
+    errors = {}
+    row = fc.training._measure_row(nn.Linear(2, 2), {"lambda_max": overflowing}, None, errors)
+    assert math.isnan(row["lambda_max"]) and "overflow" in errors["lambda_max"]
+
+
+def test_trace_g_of_a_partly_frozen_model_is_nan_with_advice_that_names_a_real_fix(small_digits):
+    model = _mlp(small_digits)
+    model[1].weight.requires_grad_(False)
+    r = fc.train(model, small_digits, lr=0.1, batch_size=16, steps=2, track_every=2, measures=["trace_g"],
+                 measure_n=8, progress=False)
+    reason = r.history.attrs["measure_errors"]["trace_g"]
+    assert r.history.trace_g.isna().all() and "model.requires_grad_(True)" in reason
+    assert "use per_layer=False" not in reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_trains_and_its_measures_are_nan_with_the_float32_advice(small_digits, dtype):
+    r = fc.train(_mlp(small_digits).to(dtype), small_digits, lr=0.1, batch_size=16, steps=2, track_every=2,
+                 measures=["trace_h"], measure_n=8, probes=2, device="cpu", progress=False)
+    assert r.history.trace_h.isna().all() and ".float()" in r.history.attrs["measure_errors"]["trace_h"]
+
+
+def test_auto_device_never_puts_a_float64_model_on_mps(small_digits, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.warns(UserWarning, match="no float64"):
+        r = fc.train(_mlp(small_digits).double(), small_digits, lr=0.1, batch_size=16, steps=1, progress=False)
+    assert r.config["device"] == "cpu"
+
+
+def test_check_train_options_refuses_an_unknown_option_name_listing_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['lrr'\]; known: .*'lr'"):
+        fc.training.check_train_options(lr=0.1, batch_size=8, epochs=1, lrr=0.2)
+
+
+def test_check_train_options_checks_batch_size_against_the_training_set_only_when_given():
+    fc.training.check_train_options(lr=0.1, batch_size=500, epochs=1)
+    with pytest.raises(ValueError, match="between 1 and n_train=100"):
+        fc.training.check_train_options(100, lr=0.1, batch_size=500, epochs=1)

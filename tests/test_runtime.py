@@ -1,0 +1,98 @@
+"""Specification of flatcomp_tutorial.runtime: device choice (float64 never lands on MPS), seeds and threads."""
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from flatcomp_tutorial import runtime
+
+
+@pytest.fixture
+def only_mps(monkeypatch):
+    """A machine with Apple MPS and no CUDA."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_auto_picks_mps_when_float64_is_not_needed(only_mps):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_device("auto").type == "mps"
+        assert runtime.resolve_device("auto", dtype=torch.float32).type == "mps"
+
+
+def test_auto_falls_back_to_the_cpu_with_a_warning_when_float64_is_needed_on_mps(only_mps):
+    with pytest.warns(UserWarning, match="MPS is available but has no float64 support.*using the CPU"):
+        assert runtime.resolve_device("auto", dtype=torch.float64) == torch.device("cpu")
+
+
+def test_auto_keeps_cuda_for_float64(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_device("auto", dtype=torch.float64).type == "cuda"
+
+
+def test_auto_without_accelerators_is_the_cpu_silently(cpu_only):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_device("auto", dtype=torch.float64) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", ["mps", torch.device("mps")])
+def test_an_explicit_mps_device_for_float64_work_is_refused(device):
+    with pytest.raises(ValueError, match="no float64 support.*device='cpu'"):
+        runtime.resolve_device(device, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, "float64", torch.bool])
+def test_a_non_floating_dtype_is_refused(dtype):
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
+        runtime.resolve_device("cpu", dtype=dtype)
+
+
+@pytest.mark.parametrize("device", ["gpu-please", None])
+def test_an_unknown_device_is_refused_naming_the_choices(device):
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):
+        runtime.resolve_device(device)
+
+
+def test_configure_passes_the_float64_need_on(only_mps):
+    previous = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="no float64"):
+            assert runtime.configure(seed=0, threads=1, dtype=torch.float64) == torch.device("cpu")
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_configure_seeds_python_numpy_and_torch():
+    runtime.configure(seed=np.int64(7), device="cpu")
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    runtime.configure(seed=7, device="cpu")
+    b = (random.random(), np.random.rand(), torch.rand(1).item())
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threads=0), "threads"),
+    (dict(threads=2.5), "threads"),
+    (dict(threads=True), "threads"),
+    (dict(seed=1.5), "seed must be an integer"),
+    (dict(seed=True), "seed must be an integer"),
+    (dict(device="gpu-please"), "device must be"),
+])
+def test_configure_refuses_bad_arguments_before_changing_anything(kwargs, match):
+    previous = torch.get_num_threads()
+    with pytest.raises(ValueError, match=match):
+        runtime.configure(**({"threads": 3} | kwargs))
+    assert torch.get_num_threads() == previous
