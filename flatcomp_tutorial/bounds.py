@@ -1,4 +1,4 @@
-"""Both sides of every flatness ⇒ compression bound of THEORY §4, with its slack.
+"""Both sides of every flatness ⇒ compression bound of the bounds chapters, with its slack.
 
 Chapters "Flatness implies compression: the bound" (B1-B5, first layer) and "Network-wide and
 reparametrization-invariant bounds" (B6-B8, all dense layers).
@@ -12,6 +12,16 @@ Notation: dense layers W_1, …, W_L (1-based, :func:`flatcomp_tutorial.checks.d
 dense layer l, D_l = ∂f/∂z_l, MLS_l = ||∂f/∂h_{l−1}||_2, LVR_l = Π_{j≤r_l} σ_j(∂f/∂h_{l−1}), r_l = min(N, dim h_{l−1}).
 For the first layer h_0 = x (flattened input), J_x = D_1 W_1 and the lemma gives
 ||J_x||_F ≤ ||W_1||_2 ||D_1||_F, (1/n) Σ_i ||D_1(x_i)||_F² ||x_i||² = Tr G_{W_1}.
+
+Zero volume: log LVR uses the numerical rank of :mod:`flatcomp_tutorial.geometry` (σ_j ≤ σ_1 · max(rows, cols) ·
+eps(dtype) count as zero), so a map of rank < r has log LVR = −inf. A log-form bound (B4, B5) whose left side is
+−inf holds trivially: ``holds`` is True and ``slack`` is +inf (0 if the right side is −inf too: both sides are
+log 0), and the row's description says so. Zero traces (e.g. saturated units: D_1 = 0) give log 0 = −inf on the
+right side, never a "math domain error".
+
+Precision and overflow: float16/bfloat16 models are refused (``copy.deepcopy(model).float()``: their round-off,
+1e-3 to 1e-2 relative, exceeds the tolerance of ``holds`` and breaks the B8 identity); outputs, losses, traces or
+Jacobians that are not finite raise :class:`~flatcomp_tutorial.checks.NotFiniteError` before any row is computed.
 """
 from __future__ import annotations
 
@@ -24,8 +34,9 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from . import sharpness
-from .checks import check_inputs, check_targets, dense_layers, first_layer_is_dense, measurement_mode
-from .geometry import _jacobians, _source_values, measures_from_jacobians
+from .checks import (LOW_PRECISION, NotFiniteError, check_inputs, check_targets, dense_layers, first_layer_is_dense,
+                     measurement_mode, require_finite_loss)
+from .geometry import _check_batch_size, _jacobians, _source_values, measures_from_jacobians
 
 __all__ = ["bound_table", "b4_step_slacks", "nmls", "CONVENTION"]
 
@@ -34,9 +45,55 @@ CONVENTION = ("MSE loss L = (1/n) Σ_i ½||f(x_i) − y_i||² (mean over samples
               "any parameters; G = H only at zero training loss.")
 
 
+G_EQUALS_H_RULE = ("G = H (zero training loss up to round-off) when L ≤ (100 eps)² · (1/n) Σ_i ½(||f(x_i)||² + "
+                   "||y_i||²), eps of the model's dtype: an RMS residual of at most 100 eps of the RMS output size")
+ZERO_VOLUME = ("zero volume: log LVR = −inf (numerical rank < r), the bound holds trivially (slack = +inf, or 0 "
+               "when the right side is log 0 = −inf too)")
+G_EQUALS_H_ULPS = 100  # G = H when the RMS residual is at most 100 eps of the RMS output/target magnitude
+
+
 def _rtol(dtype: torch.dtype) -> float:
-    """Relative round-off tolerance for `holds`: 1e-9 in float64, 1e-5 in lower precision."""
+    """Relative round-off tolerance for `holds`: 1e-9 in float64, 1e-5 in float32."""
     return 1e-9 if dtype == torch.float64 else 1e-5
+
+
+def _log(v: float) -> float:
+    """Natural log with log 0 = −inf (a zero trace or norm), instead of math.log's "math domain error"."""
+    return -math.inf if v == 0 else math.log(v)
+
+
+def _log_gap(upper: np.ndarray | float, lower: np.ndarray | float) -> np.ndarray | float:
+    """upper − lower for log-scale quantities, with −inf − (−inf) = 0 (both sides zero: equality), not NaN."""
+    upper, lower = np.asarray(upper, dtype=float), np.asarray(lower, dtype=float)
+    both = np.isneginf(upper) & np.isneginf(lower)
+    with np.errstate(invalid="ignore"):
+        gap = np.where(both, 0.0, upper - lower)
+    return gap if gap.ndim else float(gap)
+
+
+def _check_precision(model: nn.Module, what: str) -> None:
+    """Refuse float16/bfloat16 models (before any work): measure a float32 copy instead."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    low = {str(p.dtype) for p in model.parameters() if p.dtype in LOW_PRECISION}
+    if low:
+        raise ValueError(f"{what}: the model is in {', '.join(sorted(low))}; its round-off (1e-3 to 1e-2 relative) "
+                         "exceeds the tolerance of `holds` and breaks the B8 identity. Measure a float32 copy: "
+                         "copy.deepcopy(model).float() (or .double() for exact checks).")
+
+
+def _check_flag(value: bool, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _check_weights_nonzero(model: nn.Module) -> None:
+    """The normalised measures of B6/B7 divide by ||W_l||_2; a zero weight matrix makes them 0/0."""
+    zero = [l for l, (_, lin) in enumerate(dense_layers(model), start=1) if not bool(lin.weight.detach().any())]
+    if zero:
+        raise ValueError(f"dense layers {zero} have W_l = 0, so the normalised measures of B6/B7 "
+                         "(||h||² MLS_l² / ||W_l||_2²) are 0/0; nothing to bound.")
 
 
 def _layer_stats(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> list[dict]:
@@ -63,7 +120,8 @@ def _layer_stats(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> l
 
 def _check_no_weight_sharing(model: nn.Module, x: torch.Tensor) -> None:
     """Each dense layer must see one vector per sample (no nn.Linear applied along extra axes, e.g. per token):
-    otherwise its weight is shared and the lemma and B6-B8 do not apply (THEORY §4, weight-sharing caveat)."""
+    otherwise its weight is shared and the lemma and B6-B8 do not apply (the weight-sharing caveat of the chapter
+    "Network-wide and reparametrization-invariant bounds")."""
     shapes: dict[str, tuple[int, ...]] = {}
     def record(name: str):
         def hook(mod, args) -> None:
@@ -80,14 +138,14 @@ def _check_no_weight_sharing(model: nn.Module, x: torch.Tensor) -> None:
     shared = {name: shape for name, shape in shapes.items() if len(shape) != 2}
     if shared:
         raise ValueError(f"dense layers {shared} are applied to inputs with extra axes (shapes shown for one sample), "
-                         "i.e. their weights are shared; the bounds of THEORY §4 assume one input vector per layer.")
+                         "i.e. their weights are shared; the bounds assume one input vector per layer.")
 
 
 def _require_dense_first_layer(model: nn.Module) -> None:
     if not first_layer_is_dense(model):
         raise ValueError("first-layer bounds B1-B5 need the first parameterised layer to be dense (z_1 = W_1 x + b_1); "
                          "this model starts with another parameterised layer (e.g. a convolution, whose weight sharing "
-                         "breaks the lemma, THEORY §4). Pass first_layer=False to compute only B6-B8 over its dense layers.")
+                         "breaks the lemma). Pass first_layer=False to compute only B6-B8 over its dense layers.")
 
 
 def _check_first_layer(model: nn.Module, x: torch.Tensor, stats: list[dict]) -> None:
@@ -96,8 +154,8 @@ def _check_first_layer(model: nn.Module, x: torch.Tensor, stats: list[dict]) -> 
     h0 = stats[0]["h"]
     xf = x.reshape(x.shape[0], -1)
     if h0.shape != xf.shape or not torch.equal(h0, xf):
-        raise ValueError("first-layer bounds B1-B5 need the input of the first dense layer to be the flattened input x, "
-                         "but a parameter-free transform precedes it. Pass first_layer=False to skip B1-B5.")
+        raise ValueError("first-layer bounds B1-B5 need the input of the first dense layer to be the flattened input "
+                         "x, but a parameter-free transform precedes it. Pass first_layer=False to skip B1-B5.")
     zero = np.flatnonzero(stats[0]["h_norm2"] == 0)
     if zero.size:
         raise ValueError(f"first-layer bounds divide by ||x_i||² (min and geometric-mean forms) but samples "
@@ -120,7 +178,8 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
 
 def _kappa_weight_form(model: nn.Module, x: torch.Tensor, name: str, batch_size: int | None) -> float:
     """κ_l(G) = Σ_{s,s'} ⟨w_s, w_{s'}⟩ Tr G_{s,s'} = (1/n) Σ_{i,a} ||W_lᵀ ∇_{W_l} f_a(x_i)||_F², computed from
-    per-sample weight gradients (an autograd path independent of ∂f/∂h_{l−1})."""
+    per-sample weight gradients (an autograd path independent of ∂f/∂h_{l−1}). Products and sums in float64, so
+    large float32 weights do not overflow; a non-finite result raises :class:`NotFiniteError`."""
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     key = f"{name}.weight" if name else "weight"
@@ -132,70 +191,122 @@ def _kappa_weight_form(model: nn.Module, x: torch.Tensor, name: str, batch_size:
 
     per_sample = vmap(jacrev(f_single), in_dims=(None, 0))
     n, n_out = x.shape[0], _n_outputs(model, x)
-    step = max(1, _CHUNK_ELEMENTS // (n_out * m * k)) if batch_size is None else int(batch_size)
-    M = W @ W.T
+    step = max(1, _CHUNK_ELEMENTS // (n_out * m * k)) if batch_size is None else batch_size
+    Wd = W.double()
+    M = Wd @ Wd.T
     total = torch.zeros((), dtype=torch.float64, device=W.device)
     for s in range(0, n, step):
-        g = per_sample(W, x[s:s + step])  # (b, N, m, k)
+        g = per_sample(W, x[s:s + step]).double()  # (b, N, m, k)
         if k <= m:
-            total += (W.T @ g).pow(2).sum(dtype=torch.float64)  # ||Wᵀ g||_F², cost m k² per (i, a)
+            total += (Wd.T @ g).pow(2).sum()  # ||Wᵀ g||_F², cost m k² per (i, a)
         else:
-            total += ((M @ g) * g).sum(dtype=torch.float64)  # Tr(gᵀ W Wᵀ g), cost m² k per (i, a)
-    return float(total) / n
+            total += ((M @ g) * g).sum()  # Tr(gᵀ W Wᵀ g), cost m² k per (i, a)
+    kappa = float(total) / n
+    if not math.isfinite(kappa):
+        raise NotFiniteError(f"bound_table: κ_l(G) of dense layer '{name}' from weight gradients is not finite at "
+                             "these weights (overflow); nothing to compare. Check the weights' scale, or use "
+                             "model.double().")
+    return kappa
 
 
 def _row(name, layer, description, lhs, rhs, rhs_block, log_form, rtol, identity=False):
+    """One row. Slack: RHS/LHS (+inf when LHS = 0 < RHS, 1 when both sides are 0), or RHS − LHS for a
+    log form (+inf when LHS = −inf: zero volume, the bound holds trivially and the description says so; 0 when both
+    sides are −inf)."""
     lhs, rhs, rhs_block = float(lhs), float(rhs), float(rhs_block)
     if identity:
         holds = abs(lhs - rhs) <= 1e-8 * max(abs(rhs), abs(lhs)) if rtol <= 1e-9 else \
             abs(lhs - rhs) <= 1e-4 * max(abs(rhs), abs(lhs))
-        slack, kind = (rhs / lhs if lhs != 0 else math.nan), "ratio (identity: 1)"
+        slack = rhs / lhs if lhs != 0 else (1.0 if rhs == 0 else math.inf)
+        kind = "ratio (identity: 1)"
+    elif log_form and lhs == -math.inf:
+        holds, slack, kind = True, _log_gap(rhs, lhs), "difference (log units)"
+        description = f"{description}; {ZERO_VOLUME}"
     elif log_form:
-        holds = lhs <= rhs + rtol * max(1.0, abs(rhs))
+        holds = lhs <= rhs + (rtol * max(1.0, abs(rhs)) if math.isfinite(rhs) else 0.0)
         slack, kind = rhs - lhs, "difference (log units)"
     else:
         holds = lhs <= rhs * (1 + rtol)
-        slack, kind = (rhs / lhs if lhs > 0 else math.inf), "ratio"
+        slack, kind = (rhs / lhs if lhs > 0 else (1.0 if rhs == 0 else math.inf)), "ratio"
     return {"name": name, "layer": layer, "description": description, "lhs": lhs, "rhs": rhs, "rhs_block": rhs_block,
             "slack": slack, "slack_kind": kind, "holds": bool(holds)}
 
 
+def _train_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """MSE loss L = (1/n) Σ ½||f(x_i) − y_i||² (in float64) and the G = H tolerance
+    (100 eps)² (1/n) Σ ½(||f||² + ||y||²). Raises :class:`NotFiniteError` if L overflows."""
+    with torch.no_grad():
+        out = model(x).reshape(x.shape[0], -1).double()
+        yd = y.double()
+        loss = float(0.5 * (out - yd).pow(2).sum(dim=1).mean())
+        scale = float(0.25 * (out.pow(2).sum(dim=1) + yd.pow(2).sum(dim=1)).mean())
+    require_finite_loss(loss, "MSE training loss")
+    return loss, (G_EQUALS_H_ULPS * torch.finfo(x.dtype).eps) ** 2 * scale
+
+
 def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, first_layer: bool = True,
                 identity_check: bool = True, batch_size: int | None = None) -> pd.DataFrame:
-    """Both sides of bounds B1-B7 and identity B8 of THEORY §4 on the samples ``x``; one row per bound.
+    """Both sides of bounds B1-B7 and identity B8 of the bounds chapters on the samples ``x``; one row per bound.
 
     Columns: ``name``, ``layer`` (1 for B1-B5, "all" for B6-B7, l for the per-layer rows of B8), ``description``,
-    ``lhs``, ``rhs`` (THEORY's right-hand side), ``rhs_block`` (the same with only the weight-block traces:
+    ``lhs``, ``rhs`` (the book's right-hand side), ``rhs_block`` (the same with only the weight-block traces:
     Tr G_{W_1} for B1-B5, Σ_l Tr G_{W_l} for B6-B7, i.e. the tighter middle quantity), ``slack`` (RHS/LHS, or
     RHS − LHS for the log-form bounds B4 and B5; see ``slack_kind``) and ``holds`` (LHS ≤ RHS up to a relative
-    round-off tolerance, 1e-9 in float64; for the B8 identity rows: both sides agree to 1e-8 relative).
+    round-off tolerance, 1e-9 in float64 and 1e-5 in float32; for the B8 identity rows: both sides agree to 1e-8
+    relative in float64, 1e-4 in float32).
+
+    Zero volume: log LVR uses the numerical rank (σ_j ≤ σ_1 · max(rows, cols) · eps count as zero, see
+    :func:`flatcomp_tutorial.geometry.measures_from_jacobians`). If a map has rank < r (e.g. a hidden layer narrower
+    than the output), B4's LHS is −inf (and B5's when every sample has zero volume): the bound holds trivially,
+    ``holds`` is True, ``slack`` is +inf (0 when the right side is log 0 = −inf too, e.g. D_1 = 0 for saturated
+    units) and the description ends with "zero volume: log LVR = −inf ...". LVR_l = 0 in B7. A ratio-form row
+    with LHS = 0 has slack +inf (1 when both sides are 0, e.g. saturated units).
 
     B8 has two rows per dense layer: "B8 identity" compares (1/n) Σ_i ||∂f/∂h_{l−1}||_F² ||h_{l−1}||² (lhs) with
     κ_l(G) computed from per-sample weight gradients (rhs; skipped when ``identity_check=False``), and "B8" is the
     bound (1/n) Σ_i ||h_{l−1}||² MLS_l² ≤ κ_l(G).
 
     ``first_layer=False`` skips B1-B5 (needed for a CNN: they require a dense first layer). If targets ``y`` are
-    given, ``attrs["train_loss"]`` holds the MSE training loss so the reader knows whether G = H.
+    given, ``attrs["train_loss"]`` holds the MSE training loss and ``attrs["G_equals_H"]`` says whether it is zero
+    up to round-off, the rule in ``attrs["G_equals_H_rule"]``: L ≤ (100 eps)² · (1/n) Σ_i ½(||f(x_i)||² + ||y_i||²)
+    (``attrs["G_equals_H_tol"]``), i.e. an RMS residual of at most 100 eps of the RMS output size, eps of the
+    model's dtype; only then are the traces of G also those of H.
     ``attrs`` also gives the convention, Tr G, the per-layer Tr G_{W_l} and the tolerance.
+
+    Refused before the Jacobians are computed: float16/bfloat16 models (measure ``copy.deepcopy(model).float()``),
+    outputs or a loss that are not finite (:class:`~flatcomp_tutorial.checks.NotFiniteError`, e.g. ReLU weights
+    scaled by 1e20), a zero weight matrix (B6/B7 divide by ||W_l||_2), non-boolean ``first_layer`` /
+    ``identity_check`` and a ``batch_size`` that is not a positive integer or None. Jacobians, traces or κ_l(G)
+    that overflow later raise :class:`~flatcomp_tutorial.checks.NotFiniteError` instead of giving NaN.
     The identity rows need per-sample weight gradients (n·N·m·k numbers, in chunks; ~10 s for 1000 digits through a
     64-128-128-10 MLP on 2 CPU cores); ``identity_check=False`` skips them (the rest takes well under a second).
     Chapters "Flatness implies compression: the bound", "Network-wide and reparametrization-invariant bounds".
     """
+    first_layer = _check_flag(first_layer, "first_layer")
+    identity_check = _check_flag(identity_check, "identity_check")
+    batch_size = _check_batch_size(batch_size)
+    _check_precision(model, "bound_table")
     with measurement_mode(model), np.errstate(divide="ignore"):  # log 0 = -inf for dead-ReLU samples
         x = check_inputs(model, x)
+        loss = g_h_tol = None
         if y is not None:
             y = check_targets(y, x, _n_outputs(model, x))
+            loss, g_h_tol = _train_loss(model, x, y)
         if first_layer:
             _require_dense_first_layer(model)
         if not dense_layers(model):
-            raise ValueError("model has no nn.Linear layer; the bounds of THEORY §4 are about dense layers.")
+            raise ValueError("model has no nn.Linear layer; the bounds are about dense layers.")
         _check_no_weight_sharing(model, x)
+        _check_weights_nonzero(model)
         stats = _layer_stats(model, x, batch_size)
         if first_layer:
             _check_first_layer(model, x, stats)
         traces = sharpness.gauss_newton_trace(model, x, per_layer=True)
         tr_g = float(traces["total"])
         tr_blocks = {s["name"]: float(traces[s["name"]]) for s in stats}
+        if not all(math.isfinite(t) for t in [tr_g, *tr_blocks.values()]):
+            raise NotFiniteError("bound_table: Tr G is not finite at these weights (overflow); nothing to bound. "
+                                 "Check the weights' scale, or use model.double().")
         sum_blocks = sum(tr_blocks.values())
         rtol = _rtol(x.dtype)
         n = x.shape[0]
@@ -213,15 +324,14 @@ def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
                              mls2.mean(), w2 * tr1 / xn2.min(), w2 * tr1 / xn2.min(), False, rtol))
             rows.append(_row("B2", 1, "MLS, weighted: (1/n) Σ ||x||² MLS² ≤ ||W_1||_2² Tr G_{W_1}",
                              (xn2 * mls2).mean(), w2 * tr1, w2 * tr1, False, rtol))
-            with np.errstate(divide="ignore"):
-                gm_mls2 = float(np.exp(np.mean(np.log(mls2))))
+            gm_mls2 = float(np.exp(np.mean(np.log(mls2))))
             rows.append(_row("B3", 1, "MLS, geometric mean: GM(MLS²) ≤ ||W_1||_2² Tr G_{W_1} / GM(||x||²)",
                              gm_mls2, w2 * tr1 / math.exp(log_gm_x2), w2 * tr1 / math.exp(log_gm_x2), False, rtol))
-            b4 = lambda t: 0.5 * r * math.log(w2 * t / r) - 0.5 * r * log_gm_x2  # noqa: E731
+            b4 = lambda t: 0.5 * r * _log(w2 * t / r) - 0.5 * r * log_gm_x2  # noqa: E731
             rows.append(_row("B4", 1, "log LVR, geometric mean: (1/n) Σ log LVR ≤ (r/2) log(||W_1||_2² Tr G_{W_1}/r) "
                              "− (r/2n) Σ log ||x||²", np.mean(s0["log_lvr"]), b4(tr1), b4(tr1), True, rtol))
             log_lvr2 = 2.0 * torch.as_tensor(s0["log_lvr"], dtype=torch.float64)
-            b5 = lambda t: r * math.log(n * w2 * t / (r * xn2.min()))  # noqa: E731
+            b5 = lambda t: r * _log(n * w2 * t / (r * xn2.min()))  # noqa: E731
             rows.append(_row("B5", 1, "LVR, sum form (log of both sides): log Σ LVR² ≤ r log(n ||W_1||_2² Tr G / "
                              "(r min ||x||²))", float(torch.logsumexp(log_lvr2, 0)), b5(tr_g), b5(tr1), True, rtol))
 
@@ -230,7 +340,8 @@ def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
         rows.append(_row("B6", "all", "NMLS: (1/n) Σ_i Σ_l ||h_{l−1}||² MLS_l² / ||W_l||_2² ≤ Σ_l Tr G_{W_l} ≤ Tr G",
                          np.mean(sum(nmls_terms)), tr_g, sum_blocks, False, rtol))
         rows.append(_row("B7", "all", "NVR: (1/n) Σ_i Σ_l ||h_{l−1}||² r_l LVR_l^{2/r_l} / ||W_l||_2² ≤ Σ_l Tr G_{W_l} "
-                         "≤ Tr G", np.mean(sum(nvr_terms)), tr_g, sum_blocks, False, rtol))
+                         "≤ Tr G (LVR_l = 0 where rank < r_l)", np.mean(sum(nvr_terms)), tr_g, sum_blocks, False,
+                         rtol))
         for s in stats:
             kappa_h = float(np.mean(s["fro2"] * s["h_norm2"]))
             if identity_check:
@@ -248,15 +359,11 @@ def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
             "trace_G_blocks": tr_blocks,
             "n": n,
             "rtol": rtol,
-            "train_loss": None,
-            "G_equals_H": None,
+            "train_loss": loss,
+            "G_equals_H": None if loss is None else bool(loss <= g_h_tol),
+            "G_equals_H_tol": g_h_tol,
+            "G_equals_H_rule": G_EQUALS_H_RULE,
         })
-        if y is not None:
-            with torch.no_grad():
-                out = model(x).reshape(x.shape[0], -1)
-                loss = float(0.5 * (out - y).double().pow(2).sum(dim=1).mean())
-            df.attrs["train_loss"] = loss
-            df.attrs["G_equals_H"] = loss == 0.0
         return df
 
 
@@ -273,8 +380,13 @@ def b4_step_slacks(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
     Rows with ``kind == "step"`` add up to the ``"total"`` row (= B4's RHS − LHS, as in :func:`bound_table`).
     The ``"extra"`` row is the block-trace link Tr G_{W_1} ≤ Tr G, which only the Tr G form of B4 uses. The
     spectral-versus-Frobenius inequality of B1-B3 does not enter B4 (the Frobenius norm appears exactly).
+    Zero volume (rank J_x < r at some sample: log LVR = −inf) makes the AM–GM step and the total +inf; a link whose
+    two sides are both log 0 = −inf (e.g. J_x = 0, or D_1 = 0) has slack 0, never NaN. Refused like
+    :func:`bound_table` (half precision, non-finite values, bad ``batch_size``).
     Chapter "Flatness implies compression: the bound".
     """
+    batch_size = _check_batch_size(batch_size)
+    _check_precision(model, "b4_step_slacks")
     with measurement_mode(model), np.errstate(divide="ignore"):  # log 0 = -inf for dead-ReLU samples
         x = check_inputs(model, x)
         _require_dense_first_layer(model)
@@ -293,18 +405,18 @@ def b4_step_slacks(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
         a = half * np.log(sv2.sum(axis=1) / r)                     # AM of σ_j²
         b = half * np.log(s0["fro2"] / r)                          # Frobenius norm of J_x
         c = half * np.log(w2 * d_fro2 / r)                         # ||W_1||_2² ||D_1||_F²
-        rhs = half * math.log(w2 * tr1 / r) - half * float(np.mean(np.log(xn2)))
+        rhs = half * _log(w2 * tr1 / r) - half * float(np.mean(np.log(xn2)))
         steps = [
-            ("AM–GM on σ_j²", "Σ_j log σ_j ≤ (r/2) log(Σ_j σ_j²/r)", np.mean(a - lhs)),
-            ("Frobenius identity", "Σ_{j≤r} σ_j² = ||J_x||_F² (rank J_x ≤ r): equality", np.mean(b - a)),
-            ("||DW||_F ≤ ||D||_F ||W||_2", "||D_1 W_1||_F ≤ ||D_1||_F ||W_1||_2", np.mean(c - b)),
-            ("Jensen over samples", "mean_i log(||D_1||_F² ||x_i||²) ≤ log Tr G_{W_1}", rhs - np.mean(c)),
+            ("AM–GM on σ_j²", "Σ_j log σ_j ≤ (r/2) log(Σ_j σ_j²/r)", np.mean(_log_gap(a, lhs))),
+            ("Frobenius identity", "Σ_{j≤r} σ_j² = ||J_x||_F² (rank J_x ≤ r): equality", np.mean(_log_gap(b, a))),
+            ("||DW||_F ≤ ||D||_F ||W||_2", "||D_1 W_1||_F ≤ ||D_1||_F ||W_1||_2", np.mean(_log_gap(c, b))),
+            ("Jensen over samples", "mean_i log(||D_1||_F² ||x_i||²) ≤ log Tr G_{W_1}", _log_gap(rhs, np.mean(c))),
         ]
         rows = [{"step": s, "inequality": ineq, "slack": float(v), "kind": "step"} for s, ineq, v in steps]
-        rows.append({"step": "total (B4)", "inequality": "RHS − LHS of B4", "slack": float(rhs - np.mean(lhs)),
+        rows.append({"step": "total (B4)", "inequality": "RHS − LHS of B4", "slack": _log_gap(rhs, np.mean(lhs)),
                      "kind": "total"})
         rows.append({"step": "block trace", "inequality": "Tr G_{W_1} ≤ Tr G (only in the Tr G form of B4)",
-                     "slack": half * math.log(tr_g / tr1), "kind": "extra"})
+                     "slack": half * _log_gap(_log(tr_g), _log(tr1)), "kind": "extra"})
         df = pd.DataFrame(rows)
         df.attrs.update({"convention": CONVENTION, "r": r, "units": "nats (natural log)"})
         return df
@@ -312,9 +424,13 @@ def b4_step_slacks(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
 
 def nmls(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> float:
     """NMLS = (1/n) Σ_i Σ_l ||h_{l−1}(x_i)||² MLS_l(x_i)² / ||W_l||_2², the left side of B6 (≤ Σ_l Tr G_{W_l} ≤ Tr G).
+    A zero weight matrix (0/0), half precision and non-finite values are refused as in :func:`bound_table`.
     Chapter "Network-wide and reparametrization-invariant bounds"."""
+    batch_size = _check_batch_size(batch_size)
+    _check_precision(model, "nmls")
     with measurement_mode(model):
         x = check_inputs(model, x)
         _check_no_weight_sharing(model, x)
+        _check_weights_nonzero(model)
         stats = _layer_stats(model, x, batch_size)
         return float(np.mean(sum(s["h_norm2"] * s["mls"] ** 2 / s["w_spec"] ** 2 for s in stats)))

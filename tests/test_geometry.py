@@ -1,18 +1,25 @@
-"""Specification of flatcomp_tutorial.geometry (THEORY §3): Jacobians, local measures, Gaussian-ball estimates,
-global participation ratio. Exact claims are checked in float64 with the tolerance stated in each test."""
+"""Specification of flatcomp_tutorial.geometry (chapter "Measuring compression"): Jacobians, local measures,
+Gaussian-ball estimates, numerical rank (zero volume), global participation ratio, argument and overflow errors.
+Exact claims are checked in float64 with the tolerance stated in each test; no float is compared bit-exactly
+except the promised special values −inf and 0 of a zero-volume map."""
 from __future__ import annotations
+
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from flatcomp_tutorial import geometry
+from flatcomp_tutorial import geometry, training
+from flatcomp_tutorial.checks import NotFiniteError
 from flatcomp_tutorial.models import make_model
 
 F64 = torch.float64
-
-
+# Two autograd paths computing the same float64 Jacobian agree to a few ulp; 1e-10 relative (plus 1e-12 absolute
+# for entries near 0) is far above that on any CPU and far below any real error.
+JAC_TOL = dict(rtol=1e-10, atol=1e-12)
 
 
 def mlp(n_out=3, width=6, depth=2, activation="tanh", d=5, seed=0, **kw):
@@ -45,7 +52,7 @@ def test_input_jacobians_match_autograd_per_sample(activation, n_out):
     ref = autograd_jacobians(lambda v: model(v[None])[0], x)
     got = geometry.jacobians(model, x)
     assert got.shape == (7, n_out, 5)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got, ref, **JAC_TOL)
 
 
 def test_internal_source_jacobian_is_output_versus_input_of_dense_layer():
@@ -54,7 +61,7 @@ def test_internal_source_jacobian_is_output_versus_input_of_dense_layer():
     for l in (2, 3, 4):  # source l: h_{l-1} = input of dense layer l
         h = model[:pos[l - 1]](x).detach()
         ref = autograd_jacobians(lambda v: model[pos[l - 1]:](v[None])[0], h)
-        torch.testing.assert_close(geometry.jacobians(model, x, source=l), ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(geometry.jacobians(model, x, source=l), ref, **JAC_TOL)
 
 
 def test_internal_target_jacobian_is_representation_versus_input():
@@ -62,7 +69,7 @@ def test_internal_target_jacobian_is_representation_versus_input():
     pos = linear_positions(model)
     for l in (1, 2, 3):  # target l: h_l = input of dense layer l+1
         ref = autograd_jacobians(lambda v: model[:pos[l]](v[None])[0], x)
-        torch.testing.assert_close(geometry.jacobians(model, x, target=l), ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(geometry.jacobians(model, x, target=l), ref, **JAC_TOL)
 
 
 def test_source_to_target_jacobian_between_internal_layers():
@@ -70,24 +77,26 @@ def test_source_to_target_jacobian_between_internal_layers():
     pos = linear_positions(model)
     h1 = model[:pos[1]](x).detach()
     ref = autograd_jacobians(lambda v: model[pos[1]:pos[3]](v[None])[0], h1)  # h_1 -> h_3
-    torch.testing.assert_close(geometry.jacobians(model, x, source=2, target=3), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(geometry.jacobians(model, x, source=2, target=3), ref, **JAC_TOL)
 
 
 def test_cnn_jacobians_match_autograd_and_modes_agree():
     model, x = cnn(), inputs(3, 1, 8, 8)
     ref = autograd_jacobians(lambda v: model(v.reshape(1, 1, 8, 8))[0], x.reshape(3, -1))
     for mode in ("rev", "fwd", "auto"):
-        torch.testing.assert_close(geometry.jacobians(model, x, mode=mode), ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(geometry.jacobians(model, x, mode=mode), ref, **JAC_TOL)
     # output versus the input of the first dense layer of the CNN (flattened conv features)
     feats = model[:7](x).detach()
     ref = autograd_jacobians(lambda v: model[7:](v[None])[0], feats)
-    torch.testing.assert_close(geometry.jacobians(model, x, source=1), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(geometry.jacobians(model, x, source=1), ref, **JAC_TOL)
 
 
 def test_batch_size_chunks_do_not_change_jacobians():
+    # Chunking changes the batch shapes BLAS sees, which may reorder sums on some CPUs (differences of ~1e-17 were
+    # seen): a float64 tolerance of 1e-12 relative, 1e-14 absolute, not bit-identity.
     model, x = mlp(), inputs(10, 5)
     torch.testing.assert_close(geometry.jacobians(model, x, batch_size=3), geometry.jacobians(model, x),
-                               rtol=0, atol=0)
+                               rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("source,target", [(3, 1), (2, 1), (0, "output"), (5, "output"), ("input", 0),
@@ -184,10 +193,11 @@ def test_participation_ratio_rejects_constant_features():
 def test_representations_are_inputs_of_dense_layers_and_output():
     model, x = mlp(depth=2), inputs(4, 5)
     pos = linear_positions(model)
+    tol = dict(rtol=1e-12, atol=1e-14)  # the same float64 forward pass (hooks vs slicing): round-off at most
     for l in (0, 1, 2):
-        torch.testing.assert_close(geometry.representations(model, x, l), model[:pos[l]](x), rtol=0, atol=0)
-    torch.testing.assert_close(geometry.representations(model, x, 3), model(x), rtol=0, atol=0)
-    torch.testing.assert_close(geometry.representations(model, x, "output"), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(geometry.representations(model, x, l), model[:pos[l]](x), **tol)
+    torch.testing.assert_close(geometry.representations(model, x, 3), model(x), **tol)
+    torch.testing.assert_close(geometry.representations(model, x, "output"), model(x), **tol)
     with pytest.raises(ValueError, match="layer"):
         geometry.representations(model, x, 4)
 
@@ -205,7 +215,7 @@ def test_preactivation_jacobian_times_weight_is_jacobian_of_layer_input():
     model, x = mlp(n_out=2, depth=2), inputs(5, 5)
     for l, lin in enumerate([model[i] for i in linear_positions(model)], start=1):
         d = geometry.preactivation_jacobians(model, x, l)
-        torch.testing.assert_close(d @ lin.weight, geometry.jacobians(model, x, source=l), rtol=0, atol=1e-12)
+        torch.testing.assert_close(d @ lin.weight, geometry.jacobians(model, x, source=l), **JAC_TOL)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -231,3 +241,241 @@ def test_train_and_eval_flags_are_restored():
     geometry.local_measures(model, inputs(3, 5), source=2)
     geometry.gaussian_ball_measures(model, inputs(2, 5), alpha=1e-4, samples=10)
     assert [m.training for m in model.modules()] == flags
+
+
+# ------------------------------------------------------------------------------------------------ zero volume
+
+def narrow_digits_mlp(dtype, seed=0):
+    """A 10-class digits-shaped MLP whose hidden layer (width 8) is narrower than the output: rank J_x ≤ 8 < 10."""
+    return make_model("mlp", (64,), 10, width=8, depth=1, activation="tanh", seed=seed, dtype=dtype)
+
+
+def digit_inputs(n, dtype, seed=0):
+    return torch.randn(n, 64, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hidden_layer_narrower_than_output_has_log_lvr_minus_inf(dtype):
+    meas = geometry.local_measures(narrow_digits_mlp(dtype), digit_inputs(6, dtype))
+    assert np.all(meas["log_lvr"] == -np.inf)  # not the log of round-off (about -60 / -99)
+    assert np.all(meas["rank"] == 8)
+    assert np.all(meas["singular_values"][:, 8:] == 0.0) and np.all(meas["singular_values"][:, :8] > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_volume_keeps_mls_and_local_dim_finite_and_correct(dtype):
+    model, x = narrow_digits_mlp(dtype), digit_inputs(6, dtype)
+    meas = geometry.local_measures(model, x)
+    s = torch.linalg.svdvals(geometry.jacobians(model, x).double()).numpy()[:, :8]  # the 8 genuine σ_j
+    np.testing.assert_allclose(meas["mls"], s[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(meas["local_dim"], (s**2).sum(1) ** 2 / (s**4).sum(1), rtol=1e-10)
+    assert np.all((meas["local_dim"] >= 1) & (meas["local_dim"] <= 8))
+
+
+def test_float32_and_float64_agree_on_the_measures_of_a_rank_deficient_map():
+    m32 = geometry.local_measures(narrow_digits_mlp(torch.float32), digit_inputs(6, torch.float32))
+    m64 = geometry.local_measures(narrow_digits_mlp(torch.float64), digit_inputs(6, torch.float32).double())
+    np.testing.assert_array_equal(m32["log_lvr"], m64["log_lvr"])  # both exactly -inf
+    np.testing.assert_allclose(m32["mls"], m64["mls"], rtol=1e-4)  # float32 round-off in the weights/forward pass
+
+
+def test_zero_jacobian_gives_minus_inf_log_lvr_zero_mls_and_zero_local_dim():
+    model, x = mlp(n_out=3), inputs(4, 5)
+    with torch.no_grad():
+        model[-1].weight.zero_()  # f = b: J = 0, σ_1 = 0
+    meas = geometry.local_measures(model, x)
+    assert np.all(meas["log_lvr"] == -np.inf)
+    assert np.all(meas["mls"] == 0.0) and np.all(meas["local_dim"] == 0.0) and np.all(meas["rank"] == 0)
+    assert not any(np.isnan(v).any() for v in meas.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numerical_rank_tolerance_is_sigma1_times_max_shape_times_eps(dtype):
+    # tol = σ_1 · max(3, 5) · eps. A σ of 4 eps lies below it (it would survive min(3, 5) · eps), 6 eps above it.
+    eps = torch.finfo(dtype).eps
+    jac = torch.zeros(2, 3, 5, dtype=dtype)
+    jac[:, 0, 0], jac[:, 2, 2] = 1.0, 0.5
+    jac[0, 1, 1], jac[1, 1, 1] = 4 * eps, 6 * eps
+    meas = geometry.measures_from_jacobians(jac)
+    assert meas["log_lvr"][0] == -np.inf and meas["rank"][0] == 2
+    assert meas["rank"][1] == 3
+    assert meas["log_lvr"][1] == pytest.approx(math.log(0.5) + math.log(6 * eps), rel=1e-12)
+
+
+def test_tiny_but_genuine_singular_value_is_not_called_zero():
+    # the threshold is relative to σ_1: a tiny Jacobian with a 1e-12 ratio is full rank in float64
+    jac = torch.diag(torch.tensor([1e-30, 1e-42], dtype=F64))[None]
+    meas = geometry.measures_from_jacobians(jac)
+    assert meas["rank"][0] == 2
+    assert meas["log_lvr"][0] == pytest.approx(math.log(1e-30) + math.log(1e-42), rel=1e-12)
+    assert meas["local_dim"][0] == pytest.approx(1.0, rel=1e-12)  # (1 + 1e-24)² / (1 + 1e-48)
+
+
+def test_full_rank_float32_map_keeps_every_singular_value():
+    model = mlp(n_out=3, width=8)
+    x = inputs(6, 5)
+    exact = geometry.local_measures(model, x)
+    m32 = geometry.local_measures(model.float(), x.float())
+    assert np.all(m32["rank"] == 3) and np.all(np.isfinite(m32["log_lvr"]))
+    np.testing.assert_allclose(m32["log_lvr"], exact["log_lvr"], rtol=1e-4)  # float32 round-off
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_ball_on_rank_deficient_map_gives_minus_inf(dtype):
+    meas = geometry.gaussian_ball_measures(narrow_digits_mlp(dtype), digit_inputs(3, dtype), alpha=1e-4, samples=200)
+    assert np.all(meas["log_lvr"] == -np.inf)
+    assert np.all(meas["rank"] == 8)
+    assert np.all(np.isfinite(meas["mls"])) and np.all((meas["local_dim"] >= 1) & (meas["local_dim"] <= 8))
+
+
+def test_gaussian_ball_of_a_constant_map_gives_minus_inf_and_no_nan():
+    model = mlp(n_out=3)
+    with torch.no_grad():
+        model[-1].weight.zero_()
+    meas = geometry.gaussian_ball_measures(model, inputs(2, 5), alpha=1e-3, samples=20)
+    assert np.all(meas["log_lvr"] == -np.inf) and np.all(meas["mls"] == 0.0) and np.all(meas["local_dim"] == 0.0)
+
+
+def test_layerwise_measures_report_minus_inf_only_for_zero_volume_maps():
+    table = geometry.layerwise_measures(narrow_digits_mlp(torch.float32), digit_inputs(4, torch.float32))
+    assert table.loc[0, "out_log_lvr"] == -np.inf  # f versus x: 10 x 64 through width 8
+    assert table.loc[1, "rep_log_lvr"] == -np.inf  # h_2 = f versus x, the same map
+    assert np.isfinite(table.loc[0, "rep_log_lvr"]) and np.isfinite(table.loc[1, "out_log_lvr"])  # 8x64, 10x8
+    assert np.isfinite(table[["rep_mls", "out_mls", "rep_local_dim", "out_local_dim"]].to_numpy()).all()
+
+
+def test_tracked_local_measure_of_training_reports_minus_inf_for_a_narrow_hidden_layer():
+    local = training.resolve_measures(["local"])["local"]
+    row = local(narrow_digits_mlp(torch.float32), SimpleNamespace(x_train=digit_inputs(5, torch.float32)))
+    assert row["mean_log_lvr"] == -np.inf and row["median_log_lvr"] == -np.inf
+    assert np.isfinite(row["mean_mls"]) and 1 <= row["mean_local_dim"] <= 8
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+BAD_BATCH_SIZES = [0, -2, 2.5, True, "4"]
+
+
+@pytest.mark.parametrize("batch_size", BAD_BATCH_SIZES)
+def test_gaussian_ball_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        geometry.gaussian_ball_measures(mlp(), inputs(2, 5), alpha=1e-3, samples=10, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("batch_size", BAD_BATCH_SIZES)
+@pytest.mark.parametrize("fn", ["jacobians", "local_measures", "layerwise_measures", "preactivation_jacobians"])
+def test_jacobian_measures_refuse_a_batch_size_that_is_not_a_positive_integer(fn, batch_size):
+    args = (1,) if fn == "preactivation_jacobians" else ()
+    with pytest.raises(ValueError, match="batch_size"):
+        getattr(geometry, fn)(mlp(), inputs(2, 5), *args, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, math.nan, math.inf, True, "1e-3", None])
+def test_gaussian_ball_refuses_alpha_that_is_not_a_finite_positive_number(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        geometry.gaussian_ball_measures(mlp(), inputs(2, 5), alpha=alpha, samples=10)
+
+
+@pytest.mark.parametrize("samples", [0, 1, True, 10.0, None])
+def test_gaussian_ball_refuses_samples_that_are_not_an_integer_count(samples):
+    with pytest.raises(ValueError, match="samples"):
+        geometry.gaussian_ball_measures(mlp(), inputs(2, 5), alpha=1e-3, samples=samples)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_gaussian_ball_refuses_a_seed_that_is_not_a_non_negative_integer(seed):
+    with pytest.raises(ValueError, match="seed"):
+        geometry.gaussian_ball_measures(mlp(), inputs(2, 5), alpha=1e-3, samples=10, seed=seed)
+
+
+def test_gaussian_ball_accepts_numpy_scalars():
+    meas = geometry.gaussian_ball_measures(mlp(), inputs(2, 5), alpha=np.float32(1e-3), samples=np.int64(10),
+                                           seed=np.int64(1), batch_size=np.int64(7))
+    assert meas["log_lvr"].shape == (2,)
+
+
+def test_gaussian_ball_argument_errors_come_before_any_forward_pass():
+    calls = []
+    model = mlp()
+    model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    with pytest.raises(ValueError, match="batch_size"):
+        geometry.gaussian_ball_measures(model, inputs(2, 5), alpha=1e-3, samples=10, batch_size=0)
+    assert calls == []
+
+
+def test_invalid_jacobian_mode_raises_value_error():
+    with pytest.raises(ValueError, match="mode"):
+        geometry.jacobians(mlp(), inputs(2, 5), mode="backward")
+
+
+# ------------------------------------------------------------------------------------------------ overflow
+
+def overflowing_relu_mlp():
+    model = make_model("mlp", (5,), 2, width=6, depth=2, activation="relu", seed=0, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e20)  # finite weights, outputs ~1e60: inf/NaN in float32
+    return model
+
+
+@pytest.mark.parametrize("call", [lambda m, x: geometry.local_measures(m, x),
+                                  lambda m, x: geometry.gaussian_ball_measures(m, x, alpha=1e-3, samples=10)],
+                         ids=["local_measures", "gaussian_ball_measures"])
+def test_overflowing_outputs_raise_not_finite_error(call):
+    with pytest.raises(NotFiniteError, match="not finite"):
+        call(overflowing_relu_mlp(), torch.randn(3, 5))
+
+
+class Sqrt(nn.Module):
+    def forward(self, h):
+        return torch.sqrt(h)
+
+
+def test_jacobians_that_are_not_finite_raise_although_outputs_are_finite():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 3), Sqrt(), nn.Linear(3, 2)).to(F64)
+    with torch.no_grad():
+        model[1].bias.zero_()
+    x = torch.zeros(2, 5, dtype=F64)  # sqrt(0) = 0 is finite, its derivative is not
+    with pytest.raises(NotFiniteError, match="Jacobians are not finite"):
+        geometry.local_measures(model, x)
+
+
+def test_measures_from_jacobians_refuses_nan():
+    jac = torch.ones(2, 3, 3, dtype=F64)
+    jac[1, 0, 0] = float("nan")
+    with pytest.raises(NotFiniteError, match="not finite"):
+        geometry.measures_from_jacobians(jac)
+
+
+class Exp(nn.Module):
+    def forward(self, h):
+        return torch.exp(1000.0 * h)
+
+
+def test_gaussian_ball_refuses_outputs_that_overflow_on_the_ball():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2), Exp()).to(F64)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(2, dtype=F64))
+        model[1].bias.zero_()
+    x = torch.zeros(2, 2, dtype=F64)  # f(0) = 1; exp(1000 ε) overflows for ε of order 1
+    with pytest.raises(NotFiniteError, match="Gaussian balls"):
+        geometry.gaussian_ball_measures(model, x, alpha=1.0, samples=10)
+
+
+def test_participation_ratio_refuses_features_constant_up_to_round_off():
+    feats = torch.full((10, 3), 1.0, dtype=F64)
+    feats[3, 1] += 1e-16 * 4  # one ulp-level difference, not a direction of variation
+    with pytest.raises(ValueError, match="constant"):
+        geometry.participation_ratio(feats)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_measures_from_half_precision_jacobians_are_refused(dtype):
+    with pytest.raises(ValueError, match=r"float32 copy"):
+        geometry.measures_from_jacobians(torch.eye(3, dtype=dtype)[None])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_refused_by_local_measures(dtype):
+    with pytest.raises(ValueError, match=r"\.float\(\)"):
+        geometry.local_measures(mlp().to(dtype), inputs(3, 5).to(dtype))

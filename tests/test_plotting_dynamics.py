@@ -76,10 +76,13 @@ def test_weight_scaling_table_powers_of_c_for_bias_free_relu():
     from flatcomp_tutorial import make_model
 
     torch.manual_seed(0)
-    model = make_model("mlp", (1, 4, 4), 3, width=8, depth=2, activation="relu", bias=False, seed=0).double()
+    # width 16: every input's Jacobian has full rank 3 (at width 8 some ReLU patterns leave rank 2, i.e. zero volume,
+    # log LVR = -inf, and the geometric-mean volume is 0 at every c, so its ratio is undefined)
+    model = make_model("mlp", (1, 4, 4), 3, width=16, depth=2, activation="relu", bias=False, seed=0).double()
     x = torch.randn(20, 1, 4, 4, dtype=torch.float64)
     y = torch.zeros(20, 3, dtype=torch.float64)
     t = plotting.weight_scaling_table(model, x, y, [0.5, 1.0, 2.0])
+    assert (t.gm_lvr > 0).all()
     L = 3
     assert np.allclose(t.trace_g / t.trace_g[1.0], t.index.to_numpy() ** (2 * (L - 1)), rtol=1e-8)
     assert np.allclose(t.mean_mls_sq / t.mean_mls_sq[1.0], t.index.to_numpy() ** (2 * L), rtol=1e-8)
