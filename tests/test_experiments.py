@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import nbformat
 import numpy as np
@@ -81,7 +82,148 @@ def test_store_skips_and_reports_a_truncated_last_line_and_appends_after_it(tmp_
     assert [r["key"] for r in records] == ["a"] and bad == [2]
     E.append_record(store, {"key": "c", "x": float("nan")})
     records, bad = E.read_store(store, warn=False)
-    assert [r["key"] for r in records] == ["a", "c"] and bad == [2] and records[1]["x"] is None
+    assert [r["key"] for r in records] == ["a", "c"] and bad == [2] and np.isnan(records[1]["x"])
+
+def test_store_round_trips_nan_and_both_infinities_exactly(tmp_path):
+    store = tmp_path / "s.jsonl"
+    E.append_record(store, {"key": "a", "final": {"neg": -np.inf, "pos": np.inf, "nan": np.nan, "x": 0.25},
+                            "history": [{"mean_log_lvr": -np.inf}]})
+    assert b"-Infinity" in store.read_bytes() and b"null" not in store.read_bytes()
+    rec = E.read_store(store)[0][0]
+    assert rec["final"]["neg"] == -np.inf and rec["final"]["pos"] == np.inf and np.isnan(rec["final"]["nan"])
+    assert rec["history"][0]["mean_log_lvr"] == -np.inf
+    np.testing.assert_allclose(rec["final"]["x"], 0.25, rtol=1e-15, atol=0)
+
+
+def test_load_results_keeps_a_minus_inf_final_metric(tmp_path):
+    store = tmp_path / "s.jsonl"
+    E.record(store, {"lr": 0.1}, {"mean_log_lvr": float("-inf"), "trace_h": 1.5}, key="a")
+    df = E.load_results(store)
+    assert df.mean_log_lvr.iloc[0] == -np.inf and np.isclose(df.trace_h.iloc[0], 1.5)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_store_writes_tensors_as_numbers_and_lists_not_strings(tmp_path, device):
+    store = tmp_path / "s.jsonl"
+    w = torch.tensor([[1.0, -2.0], [0.5, float("-inf")]], dtype=torch.float64, device=device, requires_grad=True)
+    E.append_record(store, {"key": "a", "final": {"loss": (w[0, 0] * 0.5), "w": w, "n": torch.tensor(3, device=device),
+                                                  "ok": torch.tensor(True, device=device)}})
+    assert b"tensor" not in store.read_bytes()
+    final = E.read_store(store)[0][0]["final"]
+    assert isinstance(final["loss"], float) and final["n"] == 3 and final["ok"] is True
+    np.testing.assert_allclose(final["loss"], 0.5, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.array(final["w"]), w.detach().cpu().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_store_writes_numpy_arrays_and_scalars_as_numbers_and_lists(tmp_path):
+    store = tmp_path / "s.jsonl"
+    E.append_record(store, {"key": "a", "final": {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                                  "f": np.float32(0.5), "i": np.int64(7), "b": np.bool_(False),
+                                                  "z": np.array(2.5)}})
+    assert b"array" not in store.read_bytes()
+    final = E.read_store(store)[0][0]["final"]
+    assert final["a"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]] and final["i"] == 7 and final["b"] is False
+    np.testing.assert_allclose([final["f"], final["z"]], [0.5, 2.5], rtol=1e-12, atol=0)
+
+
+def test_append_record_refuses_complex_numbers(tmp_path):
+    with pytest.raises(TypeError, match="real numbers only"):
+        E.append_record(tmp_path / "s.jsonl", {"key": "a", "final": {"z": torch.tensor(1 + 2j)}})
+
+
+BAD_FIELDS = [
+    ({"final": [1]}, "'final' must be a JSON object"),
+    ({"config": "x"}, "'config' must be a JSON object"),
+    ({"config": {"train": [1]}}, "'config.train' must be a JSON object"),
+    ({"history": [1, 2]}, "'history' must be a list of JSON objects"),
+    ({"history": {"step": 0}}, "'history' must be a list of JSON objects"),
+    ({"diverged": "no"}, "'diverged' must be true, false or null"),
+    ({"key": 5}, "'key' must be a non-empty string"),
+]
+
+
+@pytest.mark.parametrize("fields, why", BAD_FIELDS)
+def test_read_store_skips_and_reports_well_formed_lines_with_wrong_field_types(tmp_path, fields, why):
+    store = tmp_path / "s.jsonl"
+    E.append_record(store, {"key": "a", "final": {"x": 1.0}})
+    with open(store, "a") as f:
+        f.write(json.dumps({"key": "b", "config": {}, "final": {"x": 2.0}, "history": [], **fields}) + "\n")
+    with pytest.warns(RuntimeWarning, match=f"skipped 1 truncated or unreadable line.*{why}.*will be redone"):
+        records, bad = E.read_store(store)
+    assert [r["key"] for r in records] == ["a"] and bad == [2]
+
+
+@pytest.mark.parametrize("fields, why", BAD_FIELDS[:4])
+def test_load_results_and_summarize_survive_a_line_with_wrong_field_types(tmp_path, fields, why):
+    store = tmp_path / "s.jsonl"
+    for i in range(4):
+        E.record(store, {"lr": 0.1 * (i + 1)}, {"trace_h": float(i)}, history=[{"trace_h": float(i), "nmls": i ** 2}],
+                 key=str(i))
+    with open(store, "a") as f:
+        f.write(json.dumps({"key": "bad", **fields}) + "\n")
+    with pytest.warns(RuntimeWarning, match="skipped 1"):
+        df = E.load_results(store)
+    assert list(df.key) == ["0", "1", "2", "3"] and df.attrs["skipped_lines"] == [5]
+    s = E.summarize(df, sharpness=["trace_h"], compression=["nmls"], phase="final", n_boot=0)
+    assert (s.n == 4).all()
+
+
+def test_read_store_stops_warning_about_a_truncated_run_once_it_has_been_redone(tmp_path):
+    store = tmp_path / "s.jsonl"
+    with open(store, "wb") as f:
+        f.write(b'{"key":"a","config":{"train":{"lr":0.1')  # a writer killed mid-line
+    with pytest.warns(RuntimeWarning, match="will be redone"):
+        E.read_store(store)
+    E.append_record(store, {"key": "a", "final": {"x": 1.0}})  # the next sweep redid it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records, bad = E.read_store(store)
+    assert [r["key"] for r in records] == ["a"] and bad == [1]
+
+
+def test_read_store_stops_warning_about_an_ill_typed_run_once_it_has_been_redone(tmp_path):
+    store = tmp_path / "s.jsonl"
+    with open(store, "w") as f:
+        f.write(json.dumps({"key": "a", "final": [1]}) + "\n")
+    E.append_record(store, {"key": "a", "final": {"x": 1.0}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records, bad = E.read_store(store)
+    assert [r["final"] for r in records] == [{"x": 1.0}] and bad == [1]
+
+
+def test_append_record_refuses_a_record_that_readers_would_skip(tmp_path):
+    store = tmp_path / "s.jsonl"
+    with pytest.raises(ValueError, match="'history' must be a list of JSON objects"):
+        E.append_record(store, {"key": "a", "history": [0.1, 0.2]})
+    assert not store.exists()
+
+
+def test_record_refuses_a_history_that_is_not_a_sequence_of_dicts(tmp_path):
+    with pytest.raises(ValueError, match="history must be a DataFrame or a sequence of dicts"):
+        E.record(tmp_path / "s.jsonl", {"lr": 0.1}, {"loss": 0.1}, history=[0.5, 0.4])
+
+
+def test_load_results_warns_about_conflicting_duplicates_and_uses_the_first(tmp_path):
+    store = tmp_path / "s.jsonl"
+    E.record(store, {"lr": 0.1}, {"loss": 0.5}, key="k1")
+    E.record(store, {"lr": 0.1}, {"loss": 0.7}, key="k1")
+    with pytest.warns(RuntimeWarning, match="'k1': 1 later record.*uses the FIRST record"):
+        df = E.load_results(store)
+    assert len(df) == 1 and np.isclose(df.loss.iloc[0], 0.5) and df.attrs["conflicting_keys"] == ["k1"]
+
+
+def test_load_results_keeps_identical_duplicates_quiet(tmp_path):
+    store = tmp_path / "s.jsonl"
+    for _ in range(2):
+        E.record(store, {"lr": 0.1}, {"loss": float("nan")}, history=[{"loss": float("nan")}], key="k1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = E.load_results(store)
+    assert len(df) == 1 and df.attrs["duplicate_keys"] == ["k1"] and df.attrs["conflicting_keys"] == []
 
 
 def test_sweep_stores_one_full_record_per_run_and_resumes(tmp_path):
@@ -127,6 +269,166 @@ def test_killed_sweep_leaves_only_complete_records_and_resumes_without_redoing_t
     keys = [r["key"] for r in E.read_store(store)[0]]
     assert len(keys) == len(set(keys)) == 6
 
+# --------------------------------------------------------------------------------------- sweep checks and failures
+FAST = dict(architectures={"mlp": {"width": 4, "depth": 1}}, datasets={"digits": {"n_train": 20, "n_test": 10}},
+            train={"epochs": None, "steps": 2, "track_every_epochs": None, "track_every": 2, "late_phase_steps": None,
+                   "measures": None})
+FAST_GRID = {"lr": [0.1, 0.2, 0.3], "batch_size": [4], "seed": [0]}
+
+
+def fast_spec():
+    """20 training images, a 64-4-2 MLP, 2 SGD steps, no measures: a run takes a few milliseconds."""
+    return E.preset("cpu", **FAST)
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    """Records the lr of every call of training.train (the function run_config uses); a call with an lr in
+    ``fail_lrs`` raises RuntimeError("boom")."""
+    import functools
+
+    from flatcomp_tutorial import training
+
+    real, calls, fail_lrs = training.train, [], set()
+
+    @functools.wraps(real)
+    def spy(model, data, **kw):
+        calls.append(kw["lr"])
+        if kw["lr"] in fail_lrs:
+            raise RuntimeError("boom")
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    return calls, fail_lrs
+
+
+def _nothing_ran(store, calls):
+    return calls == [] and (not store.exists() or store.stat().st_size == 0)
+
+
+@pytest.mark.parametrize("point, match", [
+    ({"sed": 0}, r"unknown training option\(s\) \['sed'\]"),
+    ({"lr": -0.1}, "lr must be a positive finite number"),
+    ({"lr": 0}, "lr must be a positive finite number"),
+    ({"lr": float("nan")}, "lr must be a positive finite number"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+    ({"batch_size": True}, "batch_size must be a positive integer"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"epochs": 3}, "give exactly one of epochs= or steps="),
+    ({"track_every": -1}, "track_every must be a positive number of steps"),
+    ({"momentum": -0.5}, "momentum must be a finite number >= 0"),
+    ({"measures": ["sharpnesss"]}, "unknown measure 'sharpnesss'"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+])
+def test_sweep_refuses_bad_training_options_before_running_anything(tmp_path, train_calls, point, match):
+    store = tmp_path / "s.jsonl"
+    with pytest.raises(ValueError, match=match):
+        E.sweep([{"lr": 0.1, "batch_size": 4}, {"lr": 0.1, "batch_size": 4, **point}], fast_spec(), store=store,
+                progress=False)
+    assert _nothing_ran(store, train_calls[0])
+
+
+@pytest.mark.parametrize("point, match", [
+    ({"model.width": 0}, "width >= 1"),
+    ({"model.widht": 8}, r"unknown model option\(s\) \['widht'\]"),
+    ({"data.n_trian": 8}, r"unknown data option\(s\) \['n_trian'\]"),
+    ({"data.classes": [3, 3]}, "classes must be at least 2 distinct labels"),
+])
+def test_sweep_refuses_bad_model_and_data_options_before_running_anything(tmp_path, train_calls, point, match):
+    store = tmp_path / "s.jsonl"
+    with pytest.raises(ValueError, match=match):
+        E.sweep([{"lr": 0.1, "batch_size": 4}, {"lr": 0.2, "batch_size": 4, **point}], fast_spec(), store=store,
+                progress=False)
+    assert _nothing_ran(store, train_calls[0])
+
+
+def test_sweep_refuses_a_batch_size_larger_than_the_training_set(tmp_path, train_calls):
+    store = tmp_path / "s.jsonl"
+    with pytest.raises(ValueError, match="batch_size=32 is larger than the 20 training samples"):
+        E.sweep({"lr": [0.1], "batch_size": [4, 32], "seed": [0]}, fast_spec(), store=store, progress=False)
+    assert _nothing_ran(store, train_calls[0])
+
+
+def test_sweep_error_lists_each_problem_with_the_grid_points_that_have_it(tmp_path):
+    with pytest.raises(ValueError, match=r"2 of 4 configuration\(s\) are invalid; nothing was run") as err:
+        E.sweep({"lr": [0.1, -1.0], "batch_size": [4], "seed": [0, 1]}, fast_spec(), store=tmp_path / "s.jsonl")
+    assert "in 2 configuration(s), e.g. [{'lr': -1.0, 'batch_size': 4, 'seed': 0}, {'lr': -1.0" in str(err.value)
+
+
+def test_sweep_checks_the_store_can_be_appended_to_before_running_anything(tmp_path, train_calls):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError, match="cannot be opened for appending"):
+        E.sweep(FAST_GRID, fast_spec(), store=tmp_path / "file" / "s.jsonl", progress=False)
+    with pytest.raises(OSError, match="cannot be opened for appending"):
+        E.sweep(FAST_GRID, fast_spec(), store=tmp_path, progress=False)  # a folder
+    assert train_calls[0] == []
+
+
+def test_sweep_creates_the_store_folder(tmp_path):
+    store = tmp_path / "new" / "dir" / "s.jsonl"
+    res = E.sweep({"lr": [0.1], "batch_size": [4], "seed": [0]}, fast_spec(), store=store, progress=False)
+    assert len(res.ran) == 1 and len(E.read_store(store)[0]) == 1
+
+
+def test_sweep_records_a_run_that_raises_and_goes_on_with_the_others(tmp_path, train_calls):
+    calls, fail_lrs = train_calls
+    fail_lrs.add(0.2)
+    store = tmp_path / "s.jsonl"
+    with pytest.warns(RuntimeWarning, match=r"failed \(RuntimeError: boom\); recorded as failed"):
+        res = E.sweep(FAST_GRID, fast_spec(), store=store, progress=False)
+    assert calls == [0.1, 0.2, 0.3] and len(res.ran) == 2
+    assert [(cfg["train"]["lr"], error) for cfg, error in res.failures] == [(0.2, "RuntimeError: boom")]
+    failed = [r for r in E.read_store(store, failed=True)[0] if r.get("failed")]
+    assert len(failed) == 1 and failed[0]["error"] == "RuntimeError: boom" and failed[0]["config"]["train"]["lr"] == 0.2
+
+
+def test_a_failed_run_is_left_out_of_load_results_and_summarize(tmp_path, train_calls):
+    train_calls[1].add(0.2)
+    store = tmp_path / "s.jsonl"
+    with pytest.warns(RuntimeWarning, match="failed"):
+        res = E.sweep(FAST_GRID | {"lr": [0.1, 0.2, 0.3, 0.4]}, fast_spec(), store=store, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"1 run\(s\) .* only have failed records"):
+        df = E.load_results(store)
+    assert list(df.lr) == [0.1, 0.3, 0.4] and df.attrs["failed_keys"] == [E.config_key(res.failures[0][0])]
+    assert "error" not in df.columns and "failed" not in df.columns
+    s = E.summarize(df, sharpness=["train_loss"], compression=["test_loss"], phase="final", n_boot=0)
+    assert (s.n_runs == 3).all()
+
+
+def test_the_next_sweep_retries_a_failed_run(tmp_path, train_calls):
+    calls, fail_lrs = train_calls
+    fail_lrs.add(0.2)
+    store = tmp_path / "s.jsonl"
+    with pytest.warns(RuntimeWarning, match="failed"):
+        first = E.sweep(FAST_GRID, fast_spec(), store=store, progress=False)
+    fail_lrs.clear()
+    again = E.sweep(FAST_GRID, fast_spec(), store=store, progress=False)
+    assert calls == [0.1, 0.2, 0.3, 0.2] and again.failures == [] and sorted(again.skipped) == sorted(first.ran)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = E.load_results(store)
+    assert sorted(df.lr) == [0.1, 0.2, 0.3] and df.attrs["failed_keys"] == []
+
+
+def test_sweep_redoes_a_run_whose_stored_line_has_wrong_field_types(tmp_path):
+    store = tmp_path / "s.jsonl"
+    spec = fast_spec()
+    first_key = E.config_key(E.resolve_config({"lr": 0.1, "batch_size": 4, "seed": 0}, spec))
+    with open(store, "w") as f:
+        f.write(json.dumps({"key": first_key, "final": [1]}) + "\n")
+    with pytest.warns(RuntimeWarning, match="will be redone"):
+        res = E.sweep(FAST_GRID, spec, store=store, progress=False)
+    assert res.ran[0] == first_key and len(res.ran) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(E.read_store(store)[0]) == 3
+
+
+def test_sweep_refuses_a_negative_max_runs():
+    with pytest.raises(ValueError, match="max_runs must be an integer >= 0"):
+        E.sweep(FAST_GRID, fast_spec(), max_runs=-1)
+
 
 # ------------------------------------------------------------------------------------------------- summaries
 def fake_results(n_runs=12, seed=0):
@@ -135,7 +437,8 @@ def fake_results(n_runs=12, seed=0):
     runs = []
     for i in range(n_runs):
         tr = rng.uniform(1, 10, size=3)
-        hist = [dict(step=s, phase=ph, trace_h=t, mean_mls=0.1 * t + 0.01 * rng.normal(), mean_local_dim=rng.uniform(1, 2))
+        hist = [dict(step=s, phase=ph, trace_h=t, mean_mls=0.1 * t + 0.01 * rng.normal(),
+                     mean_local_dim=rng.uniform(1, 2))
                 for s, ph, t in zip((0, 10, 20), ("early", "late", "late"), tr)]
         runs.append(dict(key=str(i), diverged=(i == 0), history=hist))
     return pd.DataFrame(runs)
@@ -175,7 +478,12 @@ def test_correlations_drop_non_finite_rows_and_resample_whole_groups():
     t = pd.DataFrame({"a": [1.0, 2, 3, 4, np.inf, 6], "b": [1.0, 2, 3, 4, 5, np.nan], "g": [0, 0, 1, 1, 2, 2]})
     with pytest.warns(UserWarning, match="bootstrap needs at least 3"):
         out = E.correlations(t, ["a"], ["b"], groups="g", n_boot=20)
-    assert (out.n == 4).all() and (out.n_groups == 2).all() and out.ci_low.isna().all()  # < 3 groups: no CI
+    out = out.set_index("method")
+    # Pearson: rows 0-3 (inf and NaN rows out), 2 groups: no CI; Spearman keeps the +inf row: 5 rows, 3 groups
+    assert out.loc["pearson", "n"] == 4 and out.loc["pearson", "n_groups"] == 2
+    assert np.isnan(out.loc["pearson", "ci_low"])
+    assert out.loc["spearman", "n"] == 5 and out.loc["spearman", "n_groups"] == 3
+    assert np.isfinite(out.loc["spearman", "ci_low"])
 
 
 def test_correlations_warn_and_return_nan_with_fewer_than_three_rows():
@@ -187,6 +495,111 @@ def test_correlations_warn_and_return_nan_with_fewer_than_three_rows():
 def test_correlations_name_a_missing_column():
     with pytest.raises(ValueError, match="no column"):
         E.correlations(pd.DataFrame({"a": [1.0]}), ["a"], ["zz"])
+
+# ------------------------------------------------------------------------------------ non-finite values in statistics
+def _log_volume_table(n=12, n_neg_inf=3, seed=0):
+    """y = log volume that grows with x; its n_neg_inf smallest-x rows are -inf (rank-deficient maps)."""
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.uniform(0, 1, n))
+    y = np.log(x + 0.1) + 0.05 * rng.normal(size=n)
+    y[:n_neg_inf] = -np.inf
+    return pd.DataFrame({"trace_h": x, "mean_log_lvr": y, "g": np.arange(n)})
+
+
+def test_spearman_ranks_minus_inf_lowest_and_uses_every_row():
+    from scipy.stats import spearmanr
+
+    t = _log_volume_table()
+    with pytest.warns(RuntimeWarning, match="column 'mean_log_lvr' has 3 -inf of 12"):
+        sp = E.correlations(t, ["trace_h"], ["mean_log_lvr"], n_boot=50).set_index("method").loc["spearman"]
+    lowest = t.mean_log_lvr.replace(-np.inf, t.mean_log_lvr[np.isfinite(t.mean_log_lvr)].min() - 1)
+    np.testing.assert_allclose(sp.r, spearmanr(t.trace_h, lowest)[0], rtol=1e-12, atol=1e-12)
+    assert sp.n == 12 and sp.n_excluded == 0 and np.isfinite(sp.ci_low)
+
+
+def test_pearson_leaves_out_minus_inf_rows_and_counts_them():
+    from scipy.stats import pearsonr
+
+    t = _log_volume_table()
+    with pytest.warns(RuntimeWarning, match="left out of Pearson"):
+        pe = E.correlations(t, ["trace_h"], ["mean_log_lvr"], n_boot=50).set_index("method").loc["pearson"]
+    finite = t.iloc[3:]
+    np.testing.assert_allclose(pe.r, pearsonr(finite.trace_h, finite.mean_log_lvr)[0], rtol=1e-12, atol=1e-12)
+    assert pe.n == 9 and pe.n_excluded == 3 and np.isfinite(pe.r) and np.isfinite(pe.ci_low)
+
+
+def test_correlations_leave_nan_rows_out_of_both_methods_and_count_them():
+    t = _log_volume_table(n_neg_inf=0)
+    t.loc[[2, 5], "mean_log_lvr"] = np.nan
+    with pytest.warns(RuntimeWarning, match="column 'mean_log_lvr' has 2 NaN of 12"):
+        out = E.correlations(t, ["trace_h"], ["mean_log_lvr"], n_boot=0)
+    assert (out.n == 10).all() and (out.n_excluded == 2).all() and out.r.notna().all()
+
+
+def test_one_columns_infinities_do_not_remove_rows_from_other_pairs():
+    t = _log_volume_table().assign(mean_mls=lambda d: 2 * d.trace_h)
+    with pytest.warns(RuntimeWarning):
+        out = E.correlations(t, ["trace_h"], ["mean_log_lvr", "mean_mls"], n_boot=0)
+    mls = out[out.y == "mean_mls"]
+    assert (mls.n == 12).all() and (mls.n_excluded == 0).all()
+    np.testing.assert_allclose(mls.r, 1.0, rtol=1e-12, atol=1e-12)
+
+
+def test_correlations_warn_when_r_is_undefined_for_a_constant_column():
+    t = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [5.0] * 4})
+    with pytest.warns(UserWarning, match="r is undefined .* a column is constant"):
+        out = E.correlations(t, ["a"], ["b"], n_boot=0)
+    assert out.r.isna().all()
+
+
+def _results_with_log_volumes(n_runs=10, n_neg_inf=3):
+    """One late checkpoint per run; mean_log_lvr = -inf in the first n_neg_inf runs (the flattest)."""
+    runs = []
+    for i in range(n_runs):
+        lvr = -np.inf if i < n_neg_inf else np.log(1.0 + i)
+        runs.append(dict(key=str(i), diverged=False,
+                         history=[dict(step=10, phase="late", trace_h=1.0 + i, mean_log_lvr=lvr)]))
+    return pd.DataFrame(runs)
+
+
+def test_summarize_keeps_minus_inf_log_volumes_for_spearman_and_reports_them_excluded_for_pearson():
+    with pytest.warns(RuntimeWarning, match="column 'mean_log_lvr' has 3 -inf of 10"):
+        s = E.summarize(_results_with_log_volumes(), sharpness=["trace_h"], compression=["mean_log_lvr"], n_boot=50)
+    s = s.set_index("method")
+    assert "n_excluded" in s.columns and s.r.notna().all()
+    assert s.loc["spearman", "n"] == 10 and s.loc["spearman", "n_excluded"] == 0
+    ranks = [2, 2, 2, 4, 5, 6, 7, 8, 9, 10]  # the three -inf tie for the lowest ranks
+    np.testing.assert_allclose(s.loc["spearman", "r"], np.corrcoef(np.arange(1, 11), ranks)[0, 1], rtol=1e-12,
+                               atol=1e-12)
+    assert s.loc["pearson", "n"] == 7 and s.loc["pearson", "n_excluded"] == 3 and s.loc["pearson", "n_runs"] == 7
+
+
+def test_minus_inf_log_volume_survives_the_store_into_summarize(tmp_path):
+    store = tmp_path / "s.jsonl"
+    for _, run in _results_with_log_volumes().iterrows():
+        E.record(store, {"lr": 0.1}, run.history[-1], history=run.history, key=run.key)
+    df = E.load_results(store)
+    with pytest.warns(RuntimeWarning, match="3 -inf"):
+        s = E.summarize(df, sharpness=["trace_h"], compression=["mean_log_lvr"], phase="final", n_boot=0)
+    assert list(s.n) == [7, 10] and list(s.n_excluded) == [3, 0]
+
+
+def test_checkpoint_correlations_count_excluded_minus_inf_checkpoints():
+    h = pd.DataFrame({"phase": ["late"] * 8, "trace_g": np.arange(8.0),
+                      "mean_log_lvr": [-np.inf, -np.inf, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    with pytest.warns(RuntimeWarning, match="column 'mean_log_lvr' has 2 -inf"):
+        out = E.checkpoint_correlations(h, sharpness=["trace_g"], compression=["mean_log_lvr"], n_boot=0)
+    out = out.set_index("method")
+    assert out.loc["pearson", "n_checkpoints"] == 6 and out.loc["pearson", "n_excluded"] == 2
+    assert out.loc["spearman", "n_checkpoints"] == 8 and out.loc["spearman", "n_excluded"] == 0
+
+
+def test_summarize_leaves_out_and_reports_a_run_whose_history_is_not_a_list_of_dicts():
+    res = fake_results()
+    res.at[3, "history"] = "garbled"
+    with pytest.warns(RuntimeWarning, match=r"1 run\(s\) \['3'\] left out: their history is not a list"):
+        s = E.summarize(res, sharpness=["trace_h"], compression=["mean_mls"], phase="late", n_boot=0)
+    assert (s.n_runs == 10).all() and s.attrs["excluded_runs"] == 2
 
 
 # ------------------------------------------------------------------------------------------------- presets
