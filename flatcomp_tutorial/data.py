@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import struct
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,13 @@ DOWNLOAD_DATASETS = ("fashion_mnist", "cifar10")
 DATASETS = OFFLINE_DATASETS + DOWNLOAD_DATASETS
 
 _REGISTRY_FILE = Path(__file__).with_name("registry.txt")
+
+N_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}  # labels 0..n-1 of each classification dataset
+# samples per class in the official train / test files of the balanced download datasets (upper bounds for n_train)
+_PER_CLASS = {"fashion_mnist": (6000, 1000), "cifar10": (5000, 1000)}
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+TEACHER_STUDENT_DEFAULT_N = 256  # n_train / n_test of "teacher_student" when None
+_TEACHER_ONLY = {"input_dim": 8, "n_outputs": 2, "teacher_width": 16, "noise": 0.0}  # load_dataset's defaults
 
 
 class DataIntegrityError(ValueError):
@@ -80,7 +88,11 @@ class Dataset:
         return self.y_train.shape[1]
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Dataset":
-        """A copy with inputs and targets moved to ``device`` / cast to the float ``dtype`` (labels stay int64)."""
+        """A copy with inputs and targets moved to ``device`` / cast to the float ``dtype`` (labels stay int64).
+        A non-floating ``dtype`` (it would truncate the standardised inputs) raises ``ValueError``."""
+        if dtype is not None:
+            _check_dtype(dtype)
+
         def mv(t, cast):
             return t.to(device=device, dtype=dtype if cast else None)
         return Dataset(self.name, mv(self.x_train, True), mv(self.y_train, True), mv(self.labels_train, False),
@@ -90,6 +102,106 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, n_train={self.n_train}, n_test={self.n_test}, input_shape={self.input_shape}, "
                 f"n_classes={self.n_classes}, classes={self.classes})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks (all run before anything is loaded or downloaded)
+# ----------------------------------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    """A Python or numpy integer; booleans are not integers here (``True`` is not a size or a label)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_count(arg: str, value: Any, optional: bool = False) -> int | None:
+    """``value`` as an ``int >= 1`` (``None`` passes when ``optional``); otherwise ValueError naming ``arg``."""
+    if value is None and optional:
+        return None
+    if not _is_int(value) or value < 1:
+        what = "a positive integer or None" if optional else ">= 1 (a positive integer)"
+        raise ValueError(f"{arg} must be {what}, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _check_flag(arg: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{arg} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _check_noise(noise: Any) -> float:
+    """The label-noise std: a finite real number >= 0 (NaN or a negative value would silently mean no noise)."""
+    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0 (the std of the label noise), got {noise!r}")
+    return float(noise)
+
+
+def _check_seed(seed: Any) -> int:
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r} ({type(seed).__name__})")
+    return int(seed)
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """One of :data:`FLOAT_DTYPES`; an integer dtype would truncate the standardised inputs to integers."""
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be a floating torch dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}"
+                         "; integer dtypes would truncate the inputs")
+    return dtype
+
+
+def _check_classes(name: str, classes: Any) -> tuple[int, ...] | None:
+    """At least 2 distinct integer labels (not bool, not float; numpy integers are fine) in 0..N_CLASSES[name]-1."""
+    if classes is None:
+        return None
+    n = N_CLASSES[name]
+    expected = f"classes must be at least 2 distinct labels out of {list(range(n))} for {name!r}"
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+        raise ValueError(f"{expected}, given as a list or tuple of integers, got {classes!r}")
+    given = list(classes)
+    not_int = [c for c in given if not _is_int(c)]
+    if not_int:
+        raise ValueError(f"{expected}; labels must be integers (not bool or float; convert a tensor with "
+                         f".tolist()), got {not_int!r} in {given!r}")
+    labels = tuple(int(c) for c in given)
+    outside = [c for c in labels if not 0 <= c < n]
+    repeated = sorted({c for c in labels if labels.count(c) > 1})
+    if len(labels) < 2 or outside or repeated:
+        why = (f"{outside} not labels of {name!r}" if outside else f"{repeated} repeated" if repeated
+               else f"only {len(labels)} given")
+        raise ValueError(f"{expected}, got {list(labels)} ({why})")
+    return labels
+
+
+def _check_arguments(name: Any, classes: Any, n_train: Any, n_test: Any, standardize: Any, flatten: Any, seed: Any,
+                     download: Any, dtype: Any, teacher: dict[str, Any]) -> dict[str, Any]:
+    """Validate every :func:`load_dataset` argument; returns the normalised values (Python ints/floats/bools)."""
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"name must be one of {list(DATASETS)}, got {name!r}")
+    args = dict(n_train=_check_count("n_train", n_train, optional=True),
+                n_test=_check_count("n_test", n_test, optional=True),
+                standardize=_check_flag("standardize", standardize), flatten=_check_flag("flatten", flatten),
+                download=_check_flag("download", download), seed=_check_seed(seed), dtype=_check_dtype(dtype))
+    if name == "teacher_student":
+        if classes is not None:
+            raise ValueError("classes is not supported for 'teacher_student' (its targets are real-valued); "
+                             "set n_outputs instead")
+        args.update({k: _check_count(k, teacher[k]) for k in ("input_dim", "n_outputs", "teacher_width")})
+        args.update(noise=_check_noise(teacher["noise"]), classes=None)
+        return args
+    changed = [f"{k}={v!r}" for k, v in teacher.items()
+               if type(v) not in (int, float) or v != _TEACHER_ONLY[k]]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: these options apply only to name='teacher_student', "
+                         f"{name!r} would ignore them; leave them at their defaults")
+    args["classes"] = _check_classes(name, classes)
+    if name in _PER_CLASS:  # balanced files of known size: a too-large subset is refused before any download
+        k = len(args["classes"] or range(N_CLASSES[name]))
+        for which, per_class in zip(("n_train", "n_test"), _PER_CLASS[name]):
+            if args[which] is not None and args[which] > k * per_class:
+                raise ValueError(f"{which}={args[which]} is more than the {k * per_class} samples available for "
+                                 f"these classes of {name!r}; use {which} <= {k * per_class} or None for all")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -199,6 +311,10 @@ def read_cifar10_tarball(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.n
 # Raw loaders: (x_train, labels_train, x_test, labels_test) as numpy, images (n, C, H, W) float
 # ----------------------------------------------------------------------------------------------------------------
 def _raw_digits(seed: int, test_fraction: float = 0.2):
+    """The 1797 digits images split into train / test, stratified; ``test_fraction`` in (0, 1)."""
+    if isinstance(test_fraction, (bool, np.bool_)) or not isinstance(test_fraction, (float, np.floating)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a float strictly between 0 and 1, got {test_fraction!r}")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -219,7 +335,8 @@ def _raw_fashion_mnist(root, download):
 
 def _raw_cifar10(root, download):
     x_tr, l_tr, x_te, l_te = read_cifar10_tarball(fetch("cifar10/cifar-10-python.tar.gz", root, download))
-    return x_tr.astype(np.float64) / 255.0, x_te.astype(np.float64) / 255.0, l_tr.astype(np.int64), l_te.astype(np.int64)
+    return (x_tr.astype(np.float64) / 255.0, x_te.astype(np.float64) / 255.0, l_tr.astype(np.int64),
+            l_te.astype(np.int64))
 
 
 def _subsample(labels: np.ndarray, n: int | None, rng: np.random.Generator, which: str) -> np.ndarray:
@@ -227,8 +344,7 @@ def _subsample(labels: np.ndarray, n: int | None, rng: np.random.Generator, whic
     idx = rng.permutation(len(labels))
     if n is None:
         return idx
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"{which} must be a positive integer or None, got {n!r}")
+    n = _check_count(which, n, optional=True)
     if n > len(labels):
         raise ValueError(f"{which}={n} is more than the {len(labels)} samples available for these classes; "
                          f"use {which} <= {len(labels)} or None for all")
@@ -239,7 +355,9 @@ def _subsample(labels: np.ndarray, n: int | None, rng: np.random.Generator, whic
     return rng.permutation(chosen)
 
 
-def _teacher_student(n_train, n_test, input_dim, n_outputs, teacher_width, noise, seed, dtype):
+def _teacher_student(n_train: int, n_test: int, input_dim: int, n_outputs: int, teacher_width: int, noise: float,
+                     seed: int, dtype: torch.dtype) -> Dataset:
+    """``x ~ N(0, I)``, ``y = teacher(x)`` (+ ``noise``·N(0, 1) on the training targets); arguments already checked."""
     from .models import make_model
 
     g = torch.Generator().manual_seed(seed)
@@ -265,26 +383,33 @@ def load_dataset(name: str, *, classes: Sequence[int] | None = None, n_train: in
 
     - ``classes``: keep only these original classes, relabelled 0..k-1 in the given order (the paper uses 2-class
       tasks, e.g. ``classes=(0, 1)``).
-    - ``n_train`` / ``n_test``: class-stratified random subsets (``None``: all). Digits has 1797 images, split
-      80/20 (stratified, by ``seed``) into 1437 train and 360 test.
+    - ``n_train`` / ``n_test``: class-stratified random subsets (``None``: all; teacher-student: 256 each). They
+      must be positive integers: an empty test set is refused (its accuracy and loss would be NaN), and so are
+      ``0``, negative sizes, ``True`` and ``2.5``. Digits has 1797 images, split 80/20 (stratified, by ``seed``)
+      into 1437 train and 360 test.
     - ``standardize``: per-channel z-scoring with the training set's mean and std (images) — applied identically to
       the test set.
     - ``flatten``: return inputs as vectors (n, C*H*W) instead of images (n, C, H, W).
-    - Teacher-student only: ``x ~ N(0, I_input_dim)``, ``y = teacher(x) (+ noise·N(0,1) on train)`` with a random
-      one-hidden-layer tanh teacher of ``teacher_width`` units (``meta["teacher"]``); its inputs are already
-      standardised and are left untouched so that ``y = teacher(x)`` holds exactly.
+    - ``dtype``: a floating dtype for inputs and targets (float32, float64, or float16 / bfloat16, which round the
+      inputs to about 3 significant digits); integer dtypes are refused. Labels are always int64.
+    - ``seed``: an integer in [0, 2**32) fixing the split, the subsets and the teacher.
+    - Teacher-student only (other datasets refuse non-default values): ``x ~ N(0, I_input_dim)``,
+      ``y = teacher(x) (+ noise·N(0,1) on train)`` with a random one-hidden-layer tanh teacher of ``teacher_width``
+      units (``meta["teacher"]``); its inputs are already standardised and are left untouched so that
+      ``y = teacher(x)`` holds exactly. ``input_dim``, ``n_outputs`` and ``teacher_width`` are positive integers,
+      ``noise`` a finite number >= 0.
     - Download datasets are cached under ``root`` (default :func:`default_root`); see :func:`fetch`.
+
+    Every argument is checked before anything is loaded or downloaded; a bad one raises ``ValueError`` naming it.
     """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {list(DATASETS)}, got {name!r}")
+    a = _check_arguments(name, classes, n_train, n_test, standardize, flatten, seed, download, dtype,
+                         dict(input_dim=input_dim, n_outputs=n_outputs, teacher_width=teacher_width, noise=noise))
+    n_train, n_test, standardize, flatten, seed, download, dtype, classes = (
+        a[k] for k in ("n_train", "n_test", "standardize", "flatten", "seed", "download", "dtype", "classes"))
     if name == "teacher_student":
-        if classes is not None:
-            raise ValueError("classes is not supported for 'teacher_student' (its targets are real-valued); "
-                             "set n_outputs instead")
-        for arg, v in (("input_dim", input_dim), ("n_outputs", n_outputs), ("teacher_width", teacher_width)):
-            if v < 1:
-                raise ValueError(f"{arg} must be >= 1, got {v}")
-        return _teacher_student(n_train or 256, n_test or 256, input_dim, n_outputs, teacher_width, noise, seed, dtype)
+        default = TEACHER_STUDENT_DEFAULT_N
+        return _teacher_student(default if n_train is None else n_train, default if n_test is None else n_test,
+                                a["input_dim"], a["n_outputs"], a["teacher_width"], a["noise"], seed, dtype)
 
     if name == "digits":
         x_tr, x_te, l_tr, l_te = _raw_digits(seed)
@@ -296,10 +421,10 @@ def load_dataset(name: str, *, classes: Sequence[int] | None = None, n_train: in
     available = tuple(int(c) for c in np.unique(l_tr))
     if classes is None:
         classes = available
-    classes = tuple(int(c) for c in classes)
-    if len(classes) < 2 or len(set(classes)) != len(classes) or not set(classes) <= set(available):
-        raise ValueError(f"classes must be at least 2 distinct labels out of {list(available)} for {name!r}, "
-                         f"got {list(classes)}")
+    missing = [c for c in classes if c not in available]
+    if len(classes) < 2 or missing:  # only for files whose training set lacks some labels
+        raise ValueError(f"classes must be at least 2 distinct labels out of {list(available)} (the labels present "
+                         f"in {name!r}'s training files), got {list(classes)}")
     relabel = {c: i for i, c in enumerate(classes)}
 
     rng = np.random.default_rng(seed)

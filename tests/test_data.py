@@ -83,6 +83,161 @@ def test_bad_arguments_raise_value_errors_naming_the_argument(kwargs, match):
         fc.load_dataset(**kwargs)
 
 
+# ------------------------------------------------------------------------------------------- argument checks
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Make every loader fail loudly: a test using this fixture proves its error comes before any loading."""
+    def boom(*args, **kwargs):
+        raise AssertionError("data was loaded (or a download started) before the arguments were checked")
+    for fn in ("_raw_digits", "_raw_fashion_mnist", "_raw_cifar10", "_teacher_student", "fetch"):
+        monkeypatch.setattr(D, fn, boom)
+
+
+def test_teacher_student_refuses_zero_n_train(no_loading):
+    with pytest.raises(ValueError, match=r"n_train must be a positive integer or None, got 0"):
+        fc.load_dataset("teacher_student", n_train=0)
+
+
+def test_teacher_student_refuses_zero_n_test_instead_of_an_empty_test_set(no_loading):
+    with pytest.raises(ValueError, match=r"n_test must be a positive integer or None, got 0"):
+        fc.load_dataset("teacher_student", n_test=0)
+
+
+def test_teacher_student_sizes_default_to_256_each():
+    d = fc.load_dataset("teacher_student")
+    assert d.n_train == D.TEACHER_STUDENT_DEFAULT_N == 256 and d.n_test == 256
+
+
+@pytest.mark.parametrize("name, arg", [("teacher_student", "n_train"), ("teacher_student", "n_test"),
+                                       ("teacher_student", "input_dim"), ("teacher_student", "n_outputs"),
+                                       ("teacher_student", "teacher_width"), ("digits", "n_train"),
+                                       ("digits", "n_test"), ("fashion_mnist", "n_train")])
+def test_negative_sizes_are_refused_naming_the_argument(no_loading, name, arg):
+    with pytest.raises(ValueError, match=rf"^{arg} must be .*got -3"):
+        fc.load_dataset(name, **{arg: -3})
+
+
+@pytest.mark.parametrize("arg", ["n_train", "n_test", "input_dim", "n_outputs", "teacher_width"])
+def test_booleans_are_not_sizes(no_loading, arg):
+    with pytest.raises(ValueError, match=rf"^{arg} must be .*got True \(bool\)"):
+        fc.load_dataset("teacher_student", **{arg: True})
+
+
+@pytest.mark.parametrize("arg", ["n_train", "n_test", "input_dim", "n_outputs", "teacher_width"])
+def test_non_integer_sizes_are_refused(no_loading, arg):
+    with pytest.raises(ValueError, match=rf"^{arg} must be .*got 2.5 \(float\)"):
+        fc.load_dataset("teacher_student", **{arg: 2.5})
+
+
+def test_numpy_integer_sizes_are_accepted():
+    d = fc.load_dataset("teacher_student", n_train=np.int64(12), n_test=np.int32(5), input_dim=np.int64(3))
+    assert d.n_train == 12 and d.n_test == 5 and d.input_shape == (3,)
+
+
+@pytest.mark.parametrize("noise", [-1, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_teacher_student_refuses_noise_that_is_not_a_finite_non_negative_number(no_loading, noise):
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
+        fc.load_dataset("teacher_student", noise=noise)
+
+
+def test_teacher_student_accepts_integer_zero_noise():
+    d = fc.load_dataset("teacher_student", n_train=8, n_test=4, noise=0, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(d.meta["teacher"](d.x_train), d.y_train, rtol=1e-12, atol=1e-12)
+
+
+def test_classes_refuse_booleans(no_loading):
+    with pytest.raises(ValueError, match=r"labels must be integers .*\[True\]"):
+        fc.load_dataset("digits", classes=[True, 8])
+
+
+def test_classes_refuse_floats(no_loading):
+    with pytest.raises(ValueError, match=r"labels must be integers .*\[3.7\]"):
+        fc.load_dataset("digits", classes=[3.7, 8])
+
+
+def test_classes_refuse_a_string(no_loading):
+    with pytest.raises(ValueError, match="given as a list or tuple of integers"):
+        fc.load_dataset("digits", classes="38")
+
+
+@pytest.mark.parametrize("classes, why", [((3,), r"only 1 given"), ((), r"only 0 given"),
+                                          ((3, 8, 3), r"\[3\] repeated"), ((-1, 2), r"\[-1\] not labels"),
+                                          ((0, 10), r"\[10\] not labels")])
+def test_classes_must_be_two_or_more_distinct_labels_in_range(no_loading, classes, why):
+    with pytest.raises(ValueError, match=rf"classes must be at least 2 distinct labels out of \[0, 1, .*{why}"):
+        fc.load_dataset("digits", classes=classes)
+
+
+def test_classes_out_of_range_are_refused_before_any_download(no_loading, tmp_path):
+    with pytest.raises(ValueError, match=r"\[10\] not labels of 'cifar10'"):
+        fc.load_dataset("cifar10", classes=(0, 10), root=tmp_path, download=True)
+
+
+def test_classes_accept_numpy_integers():
+    d = fc.load_dataset("digits", classes=np.array([7, 3]), n_train=20, n_test=10)
+    assert d.classes == (7, 3) and all(type(c) is int for c in d.classes)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64, "float32",
+                                   np.float32])
+def test_non_floating_dtypes_are_refused(no_loading, dtype):
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
+        fc.load_dataset("digits", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_floating_dtypes_are_accepted_and_labels_stay_int64(dtype):
+    d = fc.load_dataset("digits", classes=(0, 1), n_train=20, n_test=10, dtype=dtype)
+    assert d.x_train.dtype == d.y_test.dtype == dtype and d.labels_train.dtype == torch.int64
+
+
+def test_dataset_to_refuses_an_integer_dtype():
+    d = fc.load_dataset("teacher_student", n_train=4, n_test=4)
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
+        d.to(dtype=torch.int64)
+
+
+@pytest.mark.parametrize("kwargs", [dict(noise=0.1), dict(input_dim=5), dict(n_outputs=3), dict(teacher_width=4)])
+def test_teacher_student_options_are_refused_for_other_datasets(no_loading, kwargs):
+    (arg, value), = kwargs.items()
+    with pytest.raises(ValueError, match=rf"{arg}={value!r}: these options apply only to name='teacher_student'"):
+        fc.load_dataset("digits", **kwargs)
+
+
+@pytest.mark.parametrize("arg", ["standardize", "flatten", "download"])
+def test_flags_must_be_booleans(no_loading, arg):
+    with pytest.raises(ValueError, match=rf"{arg} must be True or False, got 'no'"):
+        fc.load_dataset("digits", **{arg: "no"})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_seed_must_be_an_integer_in_the_range_every_generator_accepts(no_loading, seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        fc.load_dataset("digits", seed=seed)
+
+
+def test_name_must_be_a_known_dataset_string(no_loading):
+    with pytest.raises(ValueError, match="name must be one of"):
+        fc.load_dataset(["digits"])
+
+
+def test_too_large_subset_of_a_download_dataset_is_refused_before_downloading(no_loading, tmp_path):
+    with pytest.raises(ValueError, match=r"n_train=20000 is more than the 12000 samples available"):
+        fc.load_dataset("fashion_mnist", classes=(0, 1), n_train=20000, root=tmp_path)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, True])
+def test_digits_test_fraction_must_lie_strictly_between_zero_and_one(fraction):
+    with pytest.raises(ValueError, match="test_fraction must be a float strictly between 0 and 1"):
+        D._raw_digits(0, test_fraction=fraction)
+
+
+def test_subsample_refuses_a_boolean_size():
+    with pytest.raises(ValueError, match="n_train must be a positive integer or None, got True"):
+        D._subsample(np.arange(10) % 2, True, np.random.default_rng(0), "n_train")
+
+
 # ---------------------------------------------------------------------------------------------- teacher-student
 def test_teacher_student_targets_are_the_teachers_outputs():
     d = fc.load_dataset("teacher_student", n_train=64, n_test=32, input_dim=5, n_outputs=3, dtype=torch.float64)
