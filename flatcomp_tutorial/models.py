@@ -1,9 +1,9 @@
 """Network builders. Every model maps ``x`` of shape ``(n, *input_shape)`` to outputs ``(n, n_out)``.
 
-Kinds (THEORY §6 lists the paper's architectures):
+Kinds (the architectures the paper describes; chapter "Reproduction II"):
 
 - ``"mlp"``: ``Flatten -> [Linear -> act] x depth -> Linear``; its first parameterised layer is dense, as the
-  first-layer bounds of THEORY §4 assume (chapter "Flatness implies compression: the bound").
+  first-layer bounds assume (chapter "Flatness implies compression: the bound").
 - ``"lenet"``: two conv/pool stages, then two dense layers.
 - ``"vgg"``: VGG-style stack of 3x3 convolutions (``cfg``, "M" = 2x2 max-pool), no BatchNorm unless
   ``batch_norm=True``, then a dense classifier. ``cfg="vgg11"`` is the paper's VGG-11 layout for 32x32 CIFAR-10.
@@ -12,7 +12,8 @@ Kinds (THEORY §6 lists the paper's architectures):
   mean pooling, LayerNorm, linear head.
 
 Every model ends in ``nn.Linear`` layers (the network-wide bounds B6-B8 and the relative flatness use dense
-layers; for CNN and ViT the book tests correlations, not bounds: their weights are shared, THEORY §4).
+layers; for CNN and ViT the book tests correlations, not bounds, because their weights are shared: chapter
+"Flatness implies compression: the bound").
 """
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ MEASURES: dict[str, str] = {
     "trace_h": "Tr H on the measurement subset (Hutchinson, sharpness.hessian_trace, `probes` Rademacher probes, "
                "probe seed 0) -> trace_h, trace_h_stderr",
     "trace_g": "exact Tr G on the measurement subset (sharpness.gauss_newton_trace) -> trace_g and trace_g_W<l>, "
-               "Tr G_{W_l} of the weight block of dense layer l (1-based, checks.dense_layers order, THEORY §1)",
+               "Tr G_{W_l} of the weight block of dense layer l (1-based, checks.dense_layers order, "
+               "as in the bounds chapters)",
     "relative_flatness": "relative flatness κ_L of the LAST dense layer on the measurement subset "
                          "(sharpness.relative_flatness, exact, Hessian)",
     "adaptive_sharpness": "adaptive sharpness Σ θ_j² H_jj on the measurement subset (Hutchinson, `probes` probes, seed 0)",
