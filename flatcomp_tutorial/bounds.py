@@ -34,8 +34,8 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from . import sharpness
-from .checks import (LOW_PRECISION, NotFiniteError, check_inputs, check_targets, dense_layers, first_layer_is_dense,
-                     measurement_mode, require_finite_loss)
+from .checks import (LOW_PRECISION, NotFiniteError, check_flag, check_inputs, check_targets, dense_layers,
+                     first_layer_is_dense, measurement_mode, require_finite_loss)
 from .geometry import _check_batch_size, _jacobians, _source_values, measures_from_jacobians
 
 __all__ = ["bound_table", "b4_step_slacks", "nmls", "CONVENTION"]
@@ -80,12 +80,6 @@ def _check_precision(model: nn.Module, what: str) -> None:
         raise ValueError(f"{what}: the model is in {', '.join(sorted(low))}; its round-off (1e-3 to 1e-2 relative) "
                          "exceeds the tolerance of `holds` and breaks the B8 identity. Measure a float32 copy: "
                          "copy.deepcopy(model).float() (or .double() for exact checks).")
-
-
-def _check_flag(value: bool, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _check_weights_nonzero(model: nn.Module) -> None:
@@ -282,8 +276,8 @@ def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     64-128-128-10 MLP on 2 CPU cores); ``identity_check=False`` skips them (the rest takes well under a second).
     Chapters "Flatness implies compression: the bound", "Network-wide and reparametrization-invariant bounds".
     """
-    first_layer = _check_flag(first_layer, "first_layer")
-    identity_check = _check_flag(identity_check, "identity_check")
+    first_layer = check_flag(first_layer, "first_layer")
+    identity_check = check_flag(identity_check, "identity_check")
     batch_size = _check_batch_size(batch_size)
     _check_precision(model, "bound_table")
     with measurement_mode(model), np.errstate(divide="ignore"):  # log 0 = -inf for dead-ReLU samples

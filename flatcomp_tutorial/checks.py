@@ -47,6 +47,18 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_real(value: Any) -> bool:
+    """A finite Python or numpy real number; booleans are not numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a ``bool`` (numpy booleans accepted); anything else is a ``ValueError`` naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_count(value: Any, name: str, minimum: int = 1, optional: bool = False) -> int | None:
     """``value`` as an ``int >= minimum`` (``None`` passes when ``optional``); otherwise a ``ValueError`` naming
     ``name``. Booleans and fractional numbers are refused; numpy integers are accepted."""

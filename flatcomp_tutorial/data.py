@@ -21,6 +21,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from .checks import check_flag
+from .checks import is_integer as _is_int
+
 OFFLINE_DATASETS = ("digits", "teacher_student")
 DOWNLOAD_DATASETS = ("fashion_mnist", "cifar10")
 DATASETS = OFFLINE_DATASETS + DOWNLOAD_DATASETS
@@ -107,11 +110,6 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------------------------
 # Argument checks (all run before anything is loaded or downloaded)
 # ----------------------------------------------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
-    """A Python or numpy integer; booleans are not integers here (``True`` is not a size or a label)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_count(arg: str, value: Any, optional: bool = False) -> int | None:
     """``value`` as an ``int >= 1`` (``None`` passes when ``optional``); otherwise ValueError naming ``arg``."""
     if value is None and optional:
@@ -120,12 +118,6 @@ def _check_count(arg: str, value: Any, optional: bool = False) -> int | None:
         what = "a positive integer or None" if optional else ">= 1 (a positive integer)"
         raise ValueError(f"{arg} must be {what}, got {value!r} ({type(value).__name__})")
     return int(value)
-
-
-def _check_flag(arg: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{arg} must be True or False, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _check_noise(noise: Any) -> float:
@@ -180,8 +172,8 @@ def _check_arguments(name: Any, classes: Any, n_train: Any, n_test: Any, standar
         raise ValueError(f"name must be one of {list(DATASETS)}, got {name!r}")
     args = dict(n_train=_check_count("n_train", n_train, optional=True),
                 n_test=_check_count("n_test", n_test, optional=True),
-                standardize=_check_flag("standardize", standardize), flatten=_check_flag("flatten", flatten),
-                download=_check_flag("download", download), seed=_check_seed(seed), dtype=_check_dtype(dtype))
+                standardize=check_flag(standardize, "standardize"), flatten=check_flag(flatten, "flatten"),
+                download=check_flag(download, "download"), seed=_check_seed(seed), dtype=_check_dtype(dtype))
     if name == "teacher_student":
         if classes is not None:
             raise ValueError("classes is not supported for 'teacher_student' (its targets are real-valued); "

@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .checks import is_integer, is_real
+
 __all__ = ["PRESETS", "preset", "grid_configs", "resolve_config", "config_key", "run_config", "sweep", "SweepResult",
            "append_record", "record", "read_store", "load_results", "summarize", "correlations",
            "checkpoint_correlations", "provenance", "results_dir"]
@@ -407,14 +409,6 @@ class SweepResult:
     failures: list[tuple[dict, str]] = field(default_factory=list)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
-
-
 def _keyword_names(fn: Any, drop: Iterable[str] = ()) -> set[str] | None:
     """The keyword parameters of ``fn`` less ``drop``; None if it takes ``**kwargs`` (any name is accepted)."""
     import inspect
@@ -433,7 +427,7 @@ def _train_problems(tr: Mapping[str, Any]) -> list[str]:
 
     tr = dict(tr)
     every_epochs = tr.pop("track_every_epochs", None)
-    if every_epochs is not None and not (_is_real(every_epochs) and every_epochs > 0):
+    if every_epochs is not None and not (is_real(every_epochs) and every_epochs > 0):
         return [f"track_every_epochs must be a positive number or None, got {every_epochs!r}"]
     try:
         check_train_options(**tr)
@@ -467,7 +461,7 @@ def _data_and_model_problems(cfg: Mapping, cache: dict) -> list[str]:
     if isinstance(data, str):
         return [data]
     bs = cfg["train"].get("batch_size")
-    if _is_int(bs) and bs > data.n_train:
+    if is_integer(bs) and bs > data.n_train:
         problems.append(f"batch_size={bs} is larger than the {data.n_train} training samples of dataset "
                         f"{cfg['dataset']!r}; use at most {data.n_train} (full-batch GD) or more data "
                         "(data.n_train)")
@@ -536,7 +530,7 @@ def sweep(grid: Mapping[str, Sequence] | Sequence[Mapping] | None = None, preset
     import torch
 
     if threads is not None:
-        if not (_is_int(threads) and threads >= 1):
+        if not (is_integer(threads) and threads >= 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         previous = torch.get_num_threads()
         torch.set_num_threads(int(threads))
@@ -544,7 +538,7 @@ def sweep(grid: Mapping[str, Sequence] | Sequence[Mapping] | None = None, preset
             return sweep(grid, preset, store, device, progress, max_runs, None)
         finally:
             torch.set_num_threads(previous)
-    if max_runs is not None and not (_is_int(max_runs) and max_runs >= 0):
+    if max_runs is not None and not (is_integer(max_runs) and max_runs >= 0):
         raise ValueError(f"max_runs must be an integer >= 0 or None (no cap), got {max_runs!r}")
     spec = _spec(preset)
     points = grid_configs(spec["grid"] if grid is None else grid)
