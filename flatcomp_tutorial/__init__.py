@@ -1,11 +1,11 @@
 """flatcomp_tutorial: helpers for the book "Flat minima imply compressed representations".
 
-Modules, one concept each: ``data`` (datasets), ``models`` (network builders), ``training`` (SGD with a
-tracked history), ``experiments`` (sweeps, results store, correlations), ``batch`` (papermill batches),
-``sharpness`` (Hessian measures), ``geometry`` (Jacobian-based compression measures), ``bounds`` (flatness =>
-compression bounds with their slack), ``robustness`` (adversarial attacks and radii), ``runtime`` (device, seeds,
-threads), ``checks`` (input validation),
-``plotting``, ``widgets``, ``notebooks`` (executing the book).
+Modules, one concept each: ``losses`` (the loss convention), ``data`` (datasets), ``models`` (network builders),
+``training`` (SGD with a tracked history), ``experiments`` (sweeps, results store, correlations), ``batch``
+(papermill batches), ``sharpness`` (Hessian measures), ``geometry`` (Jacobian-based compression measures),
+``bounds`` (flatness => compression bounds with their slack), ``robustness`` (adversarial attacks and radii),
+``runtime`` (device, seeds, threads), ``checks`` (input validation), ``plotting``, ``widgets``, ``notebooks``
+(executing the book: glue and claims), ``nbval_plugin`` (tolerance-aware book checks).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .models import make_model
 from .runtime import configure, resolve_device
 from .training import TrainResult, train
 from .experiments import load_results, summarize, sweep
-from . import bounds, experiments, geometry, plotting, robustness, sharpness, training, widgets  # noqa: E402
+from . import bounds, experiments, geometry, losses, plotting, robustness, sharpness, training, widgets  # noqa: E402
 # (batch and notebooks are command-line modules: import them explicitly)
 
 try:

@@ -37,6 +37,7 @@ from . import sharpness
 from .checks import (LOW_PRECISION, NotFiniteError, check_flag, check_inputs, check_targets, dense_layers,
                      first_layer_is_dense, measurement_mode, require_finite_loss)
 from .geometry import _check_batch_size, _jacobians, _source_values, measures_from_jacobians
+from .losses import mean_loss
 
 __all__ = ["bound_table", "b4_step_slacks", "nmls", "CONVENTION"]
 
@@ -232,7 +233,7 @@ def _train_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
     with torch.no_grad():
         out = model(x).reshape(x.shape[0], -1).double()
         yd = y.double()
-        loss = float(0.5 * (out - yd).pow(2).sum(dim=1).mean())
+        loss = float(mean_loss(out, yd))
         scale = float(0.25 * (out.pow(2).sum(dim=1) + yd.pow(2).sum(dim=1)).mean())
     require_finite_loss(loss, "MSE training loss")
     return loss, (G_EQUALS_H_ULPS * torch.finfo(x.dtype).eps) ** 2 * scale

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import NotFiniteError, all_finite, check_count, check_inputs, check_real, measurement_mode
+from .losses import per_sample_loss
 
 NORMS = ("l2", "linf")
 ATTACK_LOSSES = ("mse", "cross_entropy", "margin")
@@ -89,9 +90,9 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
 def _objective(out: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-sample quantity the attack increases (see the module docstring)."""
     if loss == "mse":
-        return 0.5 * ((out - F.one_hot(labels, out.shape[-1]).to(out.dtype)) ** 2).sum(-1)
+        return per_sample_loss(out, F.one_hot(labels, out.shape[-1]).to(out.dtype))
     if loss == "cross_entropy":
-        return F.cross_entropy(out, labels, reduction="none")
+        return per_sample_loss(out, labels, "cross_entropy")
     true = out.gather(1, labels[:, None])[:, 0]
     other = out.masked_fill(F.one_hot(labels, out.shape[-1]).bool(), -math.inf).amax(-1)
     return other - true

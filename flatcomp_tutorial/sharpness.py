@@ -38,7 +38,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from threadpoolctl import threadpool_limits
 from torch import nn
@@ -46,6 +45,7 @@ from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
 from .checks import (NotFiniteError, all_finite, check_count, check_inputs, check_real, check_targets, dense_layers,
                      measurement_mode, require_finite_loss)
+from .losses import LOSSES, check_loss, per_sample_loss
 
 __all__ = [
     "Estimate",
@@ -61,7 +61,6 @@ __all__ = [
     "LOSSES",
 ]
 
-LOSSES = ("mse", "cross_entropy")
 _GN_CHUNK_ELEMENTS = 2**24  # per-sample Jacobian entries held at once by gauss_newton_trace
 
 
@@ -109,10 +108,7 @@ class _Problem:
 
     def outputs_loss(self, out: torch.Tensor, sl: slice) -> torch.Tensor:
         """(1/n) Σ_{i in chunk} ℓ_i from the chunk's outputs: chunk losses add up to the full-data loss L."""
-        yb = self.y[sl]
-        if self.loss == "mse":
-            return 0.5 * ((out - yb) ** 2).sum() / self.n
-        return F.cross_entropy(out, yb, reduction="sum") / self.n
+        return per_sample_loss(out, self.y[sl], self.loss).sum() / self.n
 
     def chunk_loss(self, sl: slice) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         """θ_block ↦ (1/n) Σ_{i in chunk} ℓ_i(θ)."""
@@ -137,11 +133,6 @@ class _Problem:
     @property
     def device(self) -> torch.device:
         return self.x.device
-
-
-def _check_loss(loss: str) -> None:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
 def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
@@ -190,7 +181,7 @@ def _split_params(model: nn.Module, parameters: Sequence[str] | None):
 
 
 def _problem(model, x, y, loss, batch_size=None, parameters=None, need_y=True) -> _Problem:
-    _check_loss(loss)
+    check_loss(loss)
     x = check_inputs(model, x)
     n_out = _n_outputs(model, x)
     yy = _targets(y, x, n_out, loss) if need_y else None

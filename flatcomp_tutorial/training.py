@@ -33,9 +33,10 @@ from torch import nn
 
 from .checks import check_count, check_real, is_integer
 from .data import Dataset
+from .losses import LOSSES, check_loss
+from .losses import mean_loss as loss_fn  # the training loss L = (1/n) Σ_i ℓ_i (module losses)
 from .runtime import resolve_device
 
-LOSSES = ("mse", "cross_entropy")
 OPTIMIZERS = ("sgd", "adam")
 MeasureFn = Callable[[nn.Module, Dataset], Union[float, Mapping[str, float]]]
 
@@ -64,15 +65,6 @@ MEASURES: dict[str, str] = {
                  "measurement subset inputs (geometry.participation_ratio)",
 }
 DEFAULT_MEASURES = ("lambda_max", "trace_h", "trace_g", "relative_flatness", "local", "nmls")
-
-
-def loss_fn(out: torch.Tensor, y: torch.Tensor, loss: str = "mse") -> torch.Tensor:
-    """``"mse"``: mean over samples of ½ Σ_outputs (f − y)²; ``"cross_entropy"``: mean CE against argmax(y)."""
-    if loss == "mse":
-        return 0.5 * (out - y).pow(2).sum(dim=1).mean()
-    if loss == "cross_entropy":
-        return nn.functional.cross_entropy(out, y.argmax(dim=1) if y.dim() == 2 else y)
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
 @torch.no_grad()
@@ -318,8 +310,7 @@ def check_train_options(n_train: int | None = None, **options: Any) -> None:
         raise ValueError(f"missing training option(s) {missing}")
     o = {k: p.default for k, p in params.items() if k in known and p.default is not inspect.Parameter.empty}
     o.update(options)
-    if o["loss"] not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {o['loss']!r}")
+    check_loss(o["loss"])
     if o["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {o['optimizer']!r}")
     if (o["epochs"] is None) == (o["steps"] is None):
