@@ -130,17 +130,24 @@ def check_model(model: nn.Module) -> None:
 
 
 def check_forward(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
-    """Evaluate ``model`` (in its current mode, without gradient) on ``x`` and refuse what no measure can use:
+    """Refuse what no measure can use (:func:`checked_outputs`, outputs discarded)."""
+    checked_outputs(model, x, name)
+
+
+def checked_outputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """The outputs of ``model`` (in its current mode, without gradient) on ``x``, after refusing what no measure
+    can use:
 
     * outputs that are not finite (overflow: huge weights or inputs) → :class:`NotFiniteError`;
     * a random forward pass: the first few inputs (at most 4) evaluated twice must give the same outputs to
       within 100 ulp of their largest entry; dropout written functionally (``F.dropout(h, p, training=True)``)
       or injected noise makes every Hessian and Jacobian a random matrix → ``ValueError``.
 
-    Costs one forward pass over ``x`` (chunks of 4096) plus two over 4 inputs."""
+    Costs one forward pass over ``x`` (chunks of 4096) plus one more over 4 inputs."""
     with torch.no_grad():
         k = min(x.shape[0], _DETERMINISM_SAMPLES)
         first, again = model(x[:k]), model(x[:k])
+        outs = [first]
         if torch.is_tensor(first) and torch.is_floating_point(first):
             _require_finite_outputs(first, name)
             diff = float((first - again).abs().max()) if first.numel() else 0.0
@@ -156,6 +163,8 @@ def check_forward(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
             out = model(x[s:s + _FORWARD_CHUNK])
             if torch.is_tensor(out) and torch.is_floating_point(out):
                 _require_finite_outputs(out, name)
+            outs.append(out)
+    return torch.cat(outs) if all(torch.is_tensor(o) for o in outs) else outs[0]
 
 
 def _require_finite_outputs(out: torch.Tensor, name: str) -> None:
@@ -176,9 +185,10 @@ def require_finite_loss(loss: torch.Tensor | float, what: str = "loss") -> None:
         )
 
 
-def check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """Return ``x`` as a tensor on the model's device and dtype; raise if it is empty, 1-D or not finite, or if the
-    model's outputs on it are not finite or not deterministic (:func:`check_forward`)."""
+def check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x", forward: bool = True) -> torch.Tensor:
+    """Return ``x`` as a tensor on the model's device and dtype; raise if it is empty, 1-D or not finite, or (with
+    ``forward``; callers that evaluate :func:`checked_outputs` themselves pass False) if the model's outputs on it
+    are not finite or not deterministic (:func:`check_forward`)."""
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, *input_shape), got {type(x).__name__}")
     if x.dim() < 2 or x.shape[0] == 0:
@@ -188,7 +198,8 @@ def check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Te
     p = next(model.parameters(), None)
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
-    check_forward(model, x, name)
+    if forward:
+        check_forward(model, x, name)
     return x
 
 

@@ -43,8 +43,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
-from .checks import (NotFiniteError, all_finite, check_count, check_inputs, check_real, check_targets, dense_layers,
-                     measurement_mode, require_finite_loss)
+from .checks import (NotFiniteError, all_finite, check_count, check_inputs, check_real, check_targets,
+                     checked_outputs, dense_layers, measurement_mode, require_finite_loss)
 from .losses import LOSSES, check_loss, per_sample_loss
 
 __all__ = [
@@ -182,7 +182,8 @@ def _split_params(model: nn.Module, parameters: Sequence[str] | None):
 
 def _problem(model, x, y, loss, batch_size=None, parameters=None, need_y=True) -> _Problem:
     check_loss(loss)
-    x = check_inputs(model, x)
+    x = check_inputs(model, x, forward=False)
+    out = checked_outputs(model, x)  # one forward pass: refuses random or overflowing outputs; reused for L below
     n_out = _n_outputs(model, x)
     yy = _targets(y, x, n_out, loss) if need_y else None
     if batch_size is None:
@@ -191,14 +192,9 @@ def _problem(model, x, y, loss, batch_size=None, parameters=None, need_y=True) -
     block, fixed = _split_params(model, parameters)
     prob = _Problem(model, block, fixed, x, yy, loss, n_out, batch_size)
     if need_y:
-        require_finite_loss(_full_loss(prob))
+        with torch.no_grad():  # L(θ) on all of x from those outputs: an overflowing loss is refused up front
+            require_finite_loss(float(prob.outputs_loss(out, slice(None)).double()))
     return prob
-
-
-def _full_loss(prob: _Problem) -> float:
-    """L(θ) on all of ``x`` (one forward pass, no gradient), to refuse an overflowing loss up front."""
-    with torch.no_grad():
-        return float(sum(prob.outputs_loss(prob.model(prob.x[sl]), sl).double() for sl in prob.chunks()))
 
 
 def _require_finite_products(out: torch.Tensor, what: str = "Hessian") -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatcomp_tutorial.checks import (NotFiniteError, all_finite, check_count, check_forward, check_inputs,
+                                      checked_outputs,
                                       check_model, check_real, measurement_mode)
 
 
@@ -132,3 +133,10 @@ def test_outputs_overflowing_only_past_the_first_inputs_are_refused():
     x[6] = 1e10  # 1e40 overflows float32 only for this input, outside the determinism slice
     with pytest.raises(NotFiniteError):
         check_forward(model, x)
+
+
+def test_checked_outputs_are_the_models_outputs_on_every_input():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).double()
+    x = torch.randn(9, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(checked_outputs(model, x), model(x), rtol=1e-12, atol=1e-14)
+
