@@ -40,13 +40,13 @@ import numpy as np
 import pandas as pd
 
 from .checks import is_integer, is_real
+from .measures import SWEEP_MEASURES
 
 __all__ = ["PRESETS", "preset", "grid_configs", "resolve_config", "config_key", "run_config", "sweep", "SweepResult",
            "append_record", "record", "read_store", "load_results", "summarize", "correlations",
            "checkpoint_correlations", "provenance", "results_dir"]
 
-_SWEEP_MEASURES = ["lambda_max", "trace_h", "trace_g", "relative_flatness", "adaptive_sharpness", "local", "nmls",
-                   "global_pr"]
+_SWEEP_MEASURES = list(SWEEP_MEASURES)
 
 PRESETS: dict[str, dict] = {
     "cpu": {

@@ -5,6 +5,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .measures import label as axis_label
+
 
 def _axes(ax, ncols=1, width=4.2, height=3.2):
     if ax is not None:
@@ -383,23 +385,6 @@ def plot_measure_histograms(measures: dict, axes=None, bins: int = 40, title: st
 # ---------------------------------------------------------------------------------------------------------------
 # Reproduction chapters ("Reproduction I: the late phase", "Reproduction II: hyper-parameters and architectures")
 # ---------------------------------------------------------------------------------------------------------------
-_REPRO_LABELS = {
-    "train_loss": "training loss  (mean ½‖f−y‖²)",
-    "trace_h": "Tr H  (Hutchinson)",
-    "trace_g": "Tr G  (exact)",
-    "lambda_max": "λ_max(H)",
-    "test_trace_h": "Tr H on test data",
-    "test_lambda_max": "λ_max(H) on test data",
-    "relative_flatness": "relative flatness κ (last layer)",
-    "adaptive_sharpness": "adaptive sharpness Σθ²H_jj",
-    "mean_log_lvr": "mean log LVR  (nats)",
-    "mean_mls": "mean MLS  (σ_1 of ∂f/∂x)",
-    "mean_local_dim": "mean local dimensionality",
-    "nmls": "NMLS  (B6 left side)",
-    "global_pr": "global participation ratio",
-}
-
-
 def _plain_log_ticks(axis):
     """Plain-number labels (e.g. 0.01, 30) on a log-scaled ``axis`` and no minor-tick labels (they overlap)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -444,7 +429,7 @@ def plot_late_phase(histories: dict, columns=("train_loss", "trace_h", "lambda_m
             if np.isfinite(start):
                 ax.axvline(start, color=color, ls=":", lw=1.0)
     for ax, col in zip(axes, columns):
-        ax.set(xlabel="SGD step", ylabel=_REPRO_LABELS.get(col, col) + ("  ± stderr" if col == "trace_h" else ""))
+        ax.set(xlabel="SGD step", ylabel=axis_label(col) + ("  ± stderr" if col == "trace_h" else ""))
         if col == "train_loss":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -469,10 +454,10 @@ def plot_train_test_sharpness(histories: dict, train: str = "trace_h", test: str
         for ax in axes:
             if np.isfinite(start):
                 ax.axvline(start, color=color, ls=":", lw=1.0)
-    axes[0].set(xlabel="SGD step", ylabel=_REPRO_LABELS.get(train, train) + "  (solid: train, dashed: test)",
+    axes[0].set(xlabel="SGD step", ylabel=axis_label(train) + "  (solid: train, dashed: test)",
                 yscale="log")
     _plain_log_ticks(axes[0].yaxis)
-    axes[1].set(xlabel="SGD step", ylabel=_REPRO_LABELS.get(compression, compression))
+    axes[1].set(xlabel="SGD step", ylabel=axis_label(compression))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -543,9 +528,9 @@ def plot_sweep_scatter(results: pd.DataFrame, sharpness=("trace_h", "lambda_max"
             _plain_log_ticks(ax.yaxis)
             ax.grid(alpha=0.3)
             if i == len(sharpness) - 1:
-                ax.set_xlabel(_REPRO_LABELS.get(comp, comp), fontsize=8)
+                ax.set_xlabel(axis_label(comp), fontsize=8)
             if j == 0:
-                ax.set_ylabel(_REPRO_LABELS.get(s, s), fontsize=8)
+                ax.set_ylabel(axis_label(s), fontsize=8)
     if sc is not None:
         fig.colorbar(sc, ax=axes, label="η/B" if color == "lr_over_b" else color, shrink=0.8)
     if title:
@@ -567,7 +552,7 @@ def plot_vs_lr_over_batch(results: pd.DataFrame, columns=("trace_h", "mean_mls",
             ax.scatter(g["lr_over_b"], g[col], marker=markers[k % len(markers)], s=20, label=f"B = {b}")
         mean = df.groupby("lr_over_b")[col].mean()
         ax.plot(mean.index, mean.values, "k-", lw=0.8, alpha=0.6)
-        ax.set(xscale="log", xlabel="η/B  (learning rate / batch size)", ylabel=_REPRO_LABELS.get(col, col))
+        ax.set(xscale="log", xlabel="η/B  (learning rate / batch size)", ylabel=axis_label(col))
         _plain_log_ticks(ax.xaxis)
         if col in ("trace_h", "trace_g", "lambda_max", "test_trace_h"):
             ax.set_yscale("log")
@@ -594,8 +579,8 @@ def plot_train_vs_test(results: pd.DataFrame, train: str = "trace_h", test: str 
     lo = np.nanmin(np.r_[df[train], df[test]])
     hi = np.nanmax(np.r_[df[train], df[test]])
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="test = train")
-    ax.set(xscale="log", yscale="log", xlabel=_REPRO_LABELS.get(train, train) + " (training data)",
-           ylabel=_REPRO_LABELS.get(test, test))
+    ax.set(xscale="log", yscale="log", xlabel=axis_label(train) + " (training data)",
+           ylabel=axis_label(test))
     fig.colorbar(sc, ax=ax, label="η/B" if color == "lr_over_b" else color)
     _plain_log_ticks(ax.xaxis)
     _plain_log_ticks(ax.yaxis)

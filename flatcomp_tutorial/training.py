@@ -24,7 +24,7 @@ import numbers
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,38 +33,13 @@ from torch import nn
 
 from .checks import check_count, check_real, is_integer
 from .data import Dataset
-from .losses import LOSSES, check_loss
+from .losses import check_loss
 from .losses import mean_loss as loss_fn  # the training loss L = (1/n) Σ_i ℓ_i (module losses)
+from .measures import MEASURES, MeasureFn, check_measure_n, measure_row, measurement_subset, resolve_measures
 from .runtime import resolve_device
 
 OPTIMIZERS = ("sgd", "adam")
-MeasureFn = Callable[[nn.Module, Dataset], Union[float, Mapping[str, float]]]
 
-# What each named measure computes and on which data (copied into history.attrs["measures"]).
-MEASURES: dict[str, str] = {
-    "lambda_max": "λ_max(H) of the training loss on the measurement subset (Lanczos, sharpness.top_hessian_eigenvalues, "
-                  "k=1, tol=1e-4, seed 0)",
-    "trace_h": "Tr H on the measurement subset (Hutchinson, sharpness.hessian_trace, `probes` Rademacher probes, "
-               "probe seed 0) -> trace_h, trace_h_stderr",
-    "trace_g": "exact Tr G on the measurement subset (sharpness.gauss_newton_trace) -> trace_g and trace_g_W<l>, "
-               "Tr G_{W_l} of the weight block of dense layer l (1-based, checks.dense_layers order, "
-               "as in the bounds chapters)",
-    "relative_flatness": "relative flatness κ_L of the LAST dense layer on the measurement subset "
-                         "(sharpness.relative_flatness, exact, Hessian)",
-    "adaptive_sharpness": "adaptive sharpness Σ θ_j² H_jj on the measurement subset (Hutchinson, `probes` probes, seed 0)",
-    "test_lambda_max": "λ_max(H) of the loss on the test measurement subset (same size, seeded)",
-    "test_trace_h": "Tr H of the loss on the test measurement subset (Hutchinson) -> test_trace_h, test_trace_h_stderr",
-    "local": "input->output local measures on the measurement subset inputs (geometry.local_measures) -> "
-             "mean_log_lvr, median_log_lvr, mean_mls, mean_local_dim",
-    "nmls": "NMLS, left side of B6, over all dense layers on the measurement subset inputs (bounds.nmls); "
-            "NaN for weight-sharing dense layers (ViT)",
-    "bounds": "bounds.bound_table (B1-B8, identity rows skipped; B1-B5 only for a dense first layer) on the "
-              "measurement subset -> bounds_hold (1 if every bound holds) and slack_<bound> (RHS/LHS, or RHS-LHS for "
-              "the log forms B4, B5; the smallest over layers for B8)",
-    "global_pr": "participation ratio of the last hidden representation (input of the last dense layer) over the "
-                 "measurement subset inputs (geometry.participation_ratio)",
-}
-DEFAULT_MEASURES = ("lambda_max", "trace_h", "trace_g", "relative_flatness", "local", "nmls")
 
 
 @torch.no_grad()
@@ -101,143 +76,6 @@ class TrainResult:
     diverged: bool
     config: dict = field(default_factory=dict)
     wall_time: float = 0.0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# measures
-# ----------------------------------------------------------------------------------------------------------------
-def measurement_subset(data: Dataset, measure_n: int | None = 256, seed: int = 0) -> Dataset:
-    """The fixed subset every measure uses: ``min(measure_n, n)`` training and test samples drawn without
-    replacement by a generator seeded with ``seed`` (independent of the training seed, so every run of a sweep
-    is measured on the same inputs). ``measure_n=None``: the whole sets, in order."""
-    _check_measure_n(measure_n)
-    check_count(seed, "measure_seed", 0)
-
-    def pick(n: int) -> torch.Tensor:
-        if measure_n is None or measure_n >= n:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:measure_n].sort().values
-
-    tr, te = pick(data.n_train), pick(data.n_test)
-    dev = data.x_train.device
-    tr, te = tr.to(dev), te.to(dev)
-    return Dataset(f"{data.name}[measure]", data.x_train[tr], data.y_train[tr], data.labels_train[tr],
-                   data.x_test[te], data.y_test[te], data.labels_test[te], data.n_classes, data.input_shape,
-                   data.classes, dict(data.meta, measure_n=measure_n, measure_seed=seed))
-
-
-def _check_measure_n(measure_n) -> None:
-    if measure_n is not None and (not is_integer(measure_n) or measure_n < 2):
-        raise ValueError(f"measure_n must be >= 2 (an integer) or None (all samples), got {measure_n!r}")
-
-
-def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
-    from . import bounds, geometry, sharpness
-    from .checks import dense_layers
-
-    def last_layer(model):
-        return len(dense_layers(model))
-
-    def trace(x, y, prefix):
-        def fn(model, m):
-            est = sharpness.hessian_trace(model, getattr(m, x), getattr(m, y), loss=loss, probes=probes, seed=0)
-            return {prefix: est.mean, f"{prefix}_stderr": est.stderr}
-        return fn
-
-    def lam(x, y):
-        return lambda model, m: float(sharpness.top_hessian_eigenvalues(model, getattr(m, x), getattr(m, y), k=1,
-                                                                        loss=loss, tol=1e-4, seed=0)[0])
-
-    def trace_g(model, m):
-        tr = sharpness.gauss_newton_trace(model, m.x_train, loss=loss, per_layer=True)
-        total = tr.pop("total")
-        return {"trace_g": total, **{f"trace_g_W{l}": tr[name] for l, (name, _) in enumerate(dense_layers(model), 1)}}
-
-    def local(model, m):
-        r = geometry.local_measures(model, m.x_train)
-        return {"mean_log_lvr": float(np.mean(r["log_lvr"])), "median_log_lvr": float(np.median(r["log_lvr"])),
-                "mean_mls": float(np.mean(r["mls"])), "mean_local_dim": float(np.mean(r["local_dim"]))}
-
-    def bound_measure(model, m):
-        from .checks import first_layer_is_dense
-
-        t = bounds.bound_table(model, m.x_train, m.y_train, first_layer=first_layer_is_dense(model),
-                               identity_check=False)
-        slacks = t.groupby("name").slack.min()
-        return {"bounds_hold": float(t.holds.all()), **{f"slack_{k.replace(' ', '_')}": float(v)
-                                                        for k, v in slacks.items()}}
-
-    fns: dict[str, MeasureFn] = {
-        "bounds": bound_measure,
-        "lambda_max": lam("x_train", "y_train"),
-        "test_lambda_max": lam("x_test", "y_test"),
-        "trace_h": trace("x_train", "y_train", "trace_h"),
-        "test_trace_h": trace("x_test", "y_test", "test_trace_h"),
-        "trace_g": trace_g,
-        "relative_flatness": lambda model, m: sharpness.relative_flatness(model, m.x_train, m.y_train,
-                                                                          layer=last_layer(model), loss=loss),
-        "adaptive_sharpness": lambda model, m: sharpness.adaptive_sharpness(model, m.x_train, m.y_train, loss=loss,
-                                                                            probes=probes, seed=0),
-        "local": local,
-        "nmls": lambda model, m: bounds.nmls(model, m.x_train),
-        "global_pr": lambda model, m: geometry.participation_ratio(
-            geometry.representations(model, m.x_train, last_layer(model) - 1)),
-    }
-    return fns[name]
-
-
-def resolve_measures(measures: Sequence[str] | Mapping[str, MeasureFn] | None, loss: str = "mse",
-                     probes: int = 32) -> dict[str, MeasureFn]:
-    """``measures`` as ``{name: fn(model, measure_data) -> float | {column: float}}``. Names from ``MEASURES``
-    map to the colleagues' functions; ``"default"`` expands to ``DEFAULT_MEASURES``; a dict may mix names
-    (value ``None``) and callables."""
-    if measures is None:
-        return {}
-    if isinstance(measures, str):
-        measures = [measures]
-    items = measures.items() if isinstance(measures, Mapping) else [(m, None) for m in measures]
-    out: dict[str, MeasureFn] = {}
-    for name, fn in items:
-        if fn is None and name == "default":
-            out.update({n: _named_measure(n, loss, probes) for n in DEFAULT_MEASURES})
-        elif fn is None:
-            if name not in MEASURES:
-                raise ValueError(f"measures: unknown measure {name!r}; use one of {sorted(MEASURES)}, 'default', "
-                                 "or pass {name: callable(model, data)} for your own")
-            out[name] = _named_measure(name, loss, probes)
-        elif callable(fn):
-            out[name] = fn
-        else:
-            raise ValueError(f"measures: the value for {name!r} must be a callable(model, data) or None, got {fn!r}")
-    return out
-
-
-def _measure_row(model: nn.Module, fns: dict[str, MeasureFn], mdata: Dataset, errors: dict[str, str]) -> dict:
-    """Evaluate every measure in eval mode; a measure that raises ValueError gives NaN (message kept in ``errors``).
-
-    This includes :class:`~flatcomp_tutorial.checks.NotFiniteError` (a ``ValueError``): when the outputs, loss or
-    curvature products overflow at a checkpoint, the measure is NaN there, the reason is recorded, and training
-    goes on."""
-    was_training = model.training
-    model.eval()
-    row: dict[str, float] = {}
-    try:
-        for name, fn in fns.items():
-            try:
-                val = fn(model, mdata)
-            except ValueError as err:
-                errors.setdefault(name, str(err))
-                row[name] = float("nan")
-                continue
-            if isinstance(val, Mapping):
-                prefix = "" if name in MEASURES else f"{name}_"
-                row.update({f"{prefix}{k}" if prefix and not str(k).startswith(prefix) else str(k): float(v)
-                            for k, v in val.items()})
-            else:
-                row[name] = float(val)
-    finally:
-        model.train(was_training)
-    return row
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,7 +180,7 @@ def check_train_options(n_train: int | None = None, **options: Any) -> None:
             raise ValueError(f"{arg} must be a positive number of steps (an integer) or None (the default), "
                              f"got {v!r}")
     if resolve_measures(o["measures"], o["loss"], o["probes"]):
-        _check_measure_n(o["measure_n"])
+        check_measure_n(o["measure_n"])
 
 
 def train(model: nn.Module, data: Dataset, lr: float, batch_size: int, epochs: int | None = None,
@@ -431,7 +269,7 @@ def train(model: nn.Module, data: Dataset, lr: float, batch_size: int, epochs: i
         row = dict(step=step, epoch=step / steps_per_epoch, train_loss=tr_loss, train_acc=tr_acc,
                    test_loss=te_loss, test_acc=te_acc, phase="early" if late_start is None else "late")
         t0 = time.perf_counter()
-        row.update(_measure_row(model, fns, mdata, errors))
+        row.update(measure_row(model, fns, mdata, errors))
         measure_time[0] += time.perf_counter() - t0
         records.append(row)
         return True
@@ -497,7 +335,7 @@ def train(model: nn.Module, data: Dataset, lr: float, batch_size: int, epochs: i
     history.attrs["measures"] = {name: MEASURES.get(name, "user-supplied callable(model, measure_data)")
                                  for name in fns}
     history.attrs["measure_data"] = (f"fixed subset: min({measure_n}, n) training and test samples drawn by a generator "
-                                     f"seeded with {measure_seed} (flatcomp_tutorial.training.measurement_subset); "
+                                     f"seeded with {measure_seed} (flatcomp_tutorial.measures.measurement_subset); "
                                      "model in eval mode; full-set losses/accuracies in train_*/test_*")
     history.attrs["measure_errors"] = errors
     history.attrs["phase"] = (f"'late' from the first step at which the full training loss < {late_phase_threshold} "

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from flatcomp_tutorial import geometry, training
+from flatcomp_tutorial import geometry, measures
 from flatcomp_tutorial.checks import NotFiniteError
 from flatcomp_tutorial.models import make_model
 
@@ -345,7 +345,7 @@ def test_layerwise_measures_report_minus_inf_only_for_zero_volume_maps():
 
 
 def test_tracked_local_measure_of_training_reports_minus_inf_for_a_narrow_hidden_layer():
-    local = training.resolve_measures(["local"])["local"]
+    local = measures.resolve_measures(["local"])["local"]
     row = local(narrow_digits_mlp(torch.float32), SimpleNamespace(x_train=digit_inputs(5, torch.float32)))
     assert row["mean_log_lvr"] == -np.inf and row["median_log_lvr"] == -np.inf
     assert np.isfinite(row["mean_mls"]) and 1 <= row["mean_local_dim"] <= 8

@@ -220,11 +220,11 @@ def test_named_measures_add_their_columns_at_every_checkpoint(measured):
 
 
 def test_measures_are_computed_on_the_fixed_measurement_subset(measured, small_digits):
-    sub = fc.training.measurement_subset(small_digits, 32, 0)
+    sub = fc.measures.measurement_subset(small_digits, 32, 0)
     assert sub.n_train == 32 and sub.n_test == 32
     direct = fc.sharpness.gauss_newton_trace(measured.model.eval(), sub.x_train)
     assert measured.history.trace_g.iloc[-1] == pytest.approx(direct, rel=1e-5)
-    other = fc.training.measurement_subset(small_digits, 32, 1)
+    other = fc.measures.measurement_subset(small_digits, 32, 1)
     assert not torch.equal(sub.x_train, other.x_train)
 
 
@@ -358,7 +358,7 @@ def test_the_measure_row_records_an_overflow_error_as_nan():
         raise NotFiniteError("the loss is not finite at these weights (overflow)")
 
     errors = {}
-    row = fc.training._measure_row(nn.Linear(2, 2), {"lambda_max": overflowing}, None, errors)
+    row = fc.measures.measure_row(nn.Linear(2, 2), {"lambda_max": overflowing}, None, errors)
     assert math.isnan(row["lambda_max"]) and "overflow" in errors["lambda_max"]
 
 
