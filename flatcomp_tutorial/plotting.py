@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .history import late_start_step
 from .measures import label as axis_label
 
 
@@ -392,12 +393,6 @@ def _plain_log_ticks(axis):
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
-
-
-def late_start_step(history: pd.DataFrame) -> float:
-    """The step of the first ``phase == "late"`` checkpoint of a history (NaN if it has none)."""
-    late = history.loc[history["phase"] == "late", "step"] if "phase" in history else pd.Series(dtype=float)
-    return float(late.iloc[0]) if len(late) else float("nan")
 
 
 def plot_late_phase(histories: dict, columns=("train_loss", "trace_h", "lambda_max", "mean_mls", "mean_log_lvr",

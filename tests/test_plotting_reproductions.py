@@ -24,11 +24,6 @@ def _history(n_early=5, n_late=10, slope=1.0, seed=0):
     })
 
 
-def test_late_start_step():
-    assert plotting.late_start_step(_history(n_early=3)) == 300.0
-    assert np.isnan(plotting.late_start_step(_history().assign(phase="early")))
-
-
 def test_plot_late_phase_panels_labels_and_markers():
     fig = plotting.plot_late_phase({"a": _history(), "b": _history(slope=0.5)}, title="t")
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison]

@@ -1,0 +1,39 @@
+"""Reading a training history (one row per checkpoint, :func:`~flatcomp_tutorial.training.train`): its phases.
+
+A history row has ``phase`` "early" or "late"; the late phase starts at the first checkpoint whose full training
+loss fell below the run's ``late_phase_threshold`` (chapter "Reproduction I: the late phase"). That first late row
+is the run's *matched-loss* row: every run of a sweep is compared there, at the same training loss.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+PHASES = ("final", "matched", "late", "early", "all")
+
+
+def phase_rows(history: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """The rows of one ``phase`` of a history: ``"final"`` the last row, ``"matched"`` the first late row (none if
+    the run never reached the threshold), ``"late"``/``"early"`` the rows of that phase (a history without a
+    ``phase`` column is all early), ``"all"`` every row."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if phase == "all":
+        return history
+    if phase == "final":
+        return history.iloc[-1:]
+    phases = history["phase"] if "phase" in history else pd.Series("early", index=history.index)
+    if phase == "matched":
+        return history[phases == "late"].iloc[:1]
+    return history[phases == phase]
+
+
+def matched_row(history: pd.DataFrame) -> dict | None:
+    """The matched-loss row (first late checkpoint) as a dict, or None if the run never reached the threshold."""
+    rows = phase_rows(history, "matched")
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def late_start_step(history: pd.DataFrame, x: str = "step") -> float:
+    """The ``x`` value (default: the step) of the first late checkpoint of a history (NaN if it has none)."""
+    rows = phase_rows(history, "matched")
+    return float(rows[x].iloc[0]) if len(rows) else float("nan")
