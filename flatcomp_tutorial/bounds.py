@@ -46,7 +46,7 @@ CONVENTION = ("MSE loss L = (1/n) Σ_i ½||f(x_i) − y_i||² (mean over samples
               "any parameters; G = H only at zero training loss.")
 
 
-G_EQUALS_H_RULE = ("G = H (zero training loss up to round-off) when L ≤ (100 eps)² · (1/n) Σ_i ½(||f(x_i)||² + "
+G_EQUALS_H_RULE = ("G = H (zero training loss up to round-off) when L ≤ (100 eps)² · (1/n) Σ_i ¼(||f(x_i)||² + "
                    "||y_i||²), eps of the model's dtype: an RMS residual of at most 100 eps of the RMS output size")
 ZERO_VOLUME = ("zero volume: log LVR = −inf (numerical rank < r), the bound holds trivially (slack = +inf, or 0 "
                "when the right side is log 0 = −inf too)")
@@ -229,7 +229,8 @@ def _row(name, layer, description, lhs, rhs, rhs_block, log_form, rtol, identity
 
 def _train_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """MSE loss L = (1/n) Σ ½||f(x_i) − y_i||² (in float64) and the G = H tolerance
-    (100 eps)² (1/n) Σ ½(||f||² + ||y||²). Raises :class:`NotFiniteError` if L overflows."""
+    (100 eps)² (1/n) Σ ¼(||f||² + ||y||²): the loss convention's ½ times the mean squared size ½(||f||² + ||y||²).
+    Raises :class:`NotFiniteError` if L overflows."""
     with torch.no_grad():
         out = model(x).reshape(x.shape[0], -1).double()
         yd = y.double()
