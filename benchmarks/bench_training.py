@@ -1,6 +1,6 @@
 """Benchmark: cost of one cpu-preset sweep run and the overhead of tracking the default measures.
 
-The cpu preset (``flatcomp_tutorial.experiments.PRESETS["cpu"]``) trains a tanh MLP 64-64-64-2 on digits 3 vs 8 with
+The cpu preset (``flatcomp_tutorial.presets.PRESETS["cpu"]``) trains a tanh MLP 64-64-64-2 on digits 3 vs 8 with
 plain SGD until the training loss < 1e-3, and measures λ_max, Tr H, Tr G, relative flatness, adaptive sharpness,
 local measures, NMLS and the global PR every 20 epochs and at the matched-loss checkpoint. The full sweep is
 4 learning rates x 3 batch sizes x 2 seeds = 24 runs. Since the number of steps to the threshold scales like 1/lr
@@ -18,33 +18,30 @@ import torch
 
 
 def _time_run(cfg: dict) -> tuple[float, dict]:
-    from flatcomp_tutorial import experiments as E
+    from flatcomp_tutorial.sweeps import run_config
 
     start = time.perf_counter()
-    rec = E.run_config(cfg, progress=False)
+    rec = run_config(cfg, progress=False)
     return time.perf_counter() - start, rec
 
 
 def main(threads: int = 2, batch_size: int = 8, seed: int = 0) -> str:
-    from flatcomp_tutorial import experiments as E
+    from flatcomp_tutorial.presets import grid_configs, preset, resolve_config
+    from flatcomp_tutorial.runtime import threads as thread_count
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        spec = E.preset("cpu")
-        bare = E.preset("cpu", train={"measures": None})
+    with thread_count(threads):
+        spec = preset("cpu")
+        bare = preset("cpu", train={"measures": None})
         rows = []
         for lr in spec["grid"]["lr"]:
             point = {"lr": lr, "batch_size": batch_size, "seed": seed}
-            t_meas, rec = _time_run(E.resolve_config(point, spec))
-            t_bare, rec_bare = _time_run(E.resolve_config(point, bare))
+            t_meas, rec = _time_run(resolve_config(point, spec))
+            t_bare, rec_bare = _time_run(resolve_config(point, bare))
             info = rec["train_info"]
             rows.append(dict(lr=lr, steps=info["steps_done"], checkpoints=len(rec["history"]), with_measures=t_meas,
                              without=t_bare, measure_time=info["measure_time"], same_steps=
                              info["steps_done"] == rec_bare["train_info"]["steps_done"]))
-    finally:
-        torch.set_num_threads(previous)
-    n_grid = len(E.grid_configs(spec["grid"]))
+    n_grid = len(grid_configs(spec["grid"]))
     factor = n_grid / len(rows)
     total_meas = sum(r["with_measures"] for r in rows)
     total_bare = sum(r["without"] for r in rows)

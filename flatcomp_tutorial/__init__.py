@@ -1,11 +1,16 @@
 """flatcomp_tutorial: helpers for the book "Flat minima imply compressed representations".
 
-Modules, one concept each: ``losses`` (the loss convention), ``data`` (datasets), ``models`` (network builders),
-``training`` (SGD with a tracked history), ``experiments`` (sweeps, results store, correlations), ``batch``
-(papermill batches), ``sharpness`` (Hessian measures), ``geometry`` (Jacobian-based compression measures),
-``bounds`` (flatness => compression bounds with their slack), ``robustness`` (adversarial attacks and radii),
-``runtime`` (device, seeds, threads), ``checks`` (input validation), ``plotting``, ``widgets``, ``notebooks``
-(executing the book: glue and claims), ``nbval_plugin`` (tolerance-aware book checks).
+One concept per module. Conventions: ``losses`` (the loss), ``layers`` (network anatomy: dense layers, the points
+h_l between them), ``checks`` (input validation), ``runtime`` (device, seeds, threads, progress bars).
+Data and networks: ``data``, ``models``. Measures (never import training, sweeps, store or figures): ``curvature``
+(Hessian and Gauss–Newton operators, exact Tr G), ``estimators`` (Hutchinson, Hutch++, Lanczos, SLQ over any
+matvec), ``sharpness`` (the named sharpness measures), ``geometry`` (Jacobian-based compression measures),
+``bounds`` (flatness ⇒ compression bounds with their slack), ``robustness`` (attacks and radii), ``invariance``
+(function-preserving reparametrisations), ``toys`` (closed-form examples). Tracking: ``measures`` (the registry of
+tracked measures and their labels), ``training`` (SGD with a tracked history), ``history`` (phases of a history).
+Experiments: ``presets``, ``store`` (JSON Lines results and provenance), ``sweeps``, ``stats`` (correlations,
+partial correlations, bootstrap CIs). Drawing only: ``figures``, ``widgets``. Command-line tools: ``batch``
+(papermill batches), ``notebooks`` (executing the book: glue and claims), ``nbval_plugin`` (tolerance-aware checks).
 """
 from __future__ import annotations
 
@@ -15,8 +20,12 @@ from .data import Dataset, load_dataset
 from .models import make_model
 from .runtime import configure, resolve_device
 from .training import TrainResult, train
-from .experiments import load_results, summarize, sweep
-from . import bounds, experiments, geometry, losses, plotting, robustness, sharpness, training, widgets  # noqa: E402
+from .store import load_results
+from .stats import summarize
+from .sweeps import sweep
+from . import (bounds, checks, curvature, data, estimators, figures, geometry, history, invariance,  # noqa: E402
+               layers, losses, measures, models, presets, robustness, runtime, sharpness, stats, store, sweeps,
+               toys, training, widgets)
 # (batch and notebooks are command-line modules: import them explicitly)
 
 try:

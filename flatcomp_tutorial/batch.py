@@ -6,7 +6,7 @@
 Contract with the notebook (chapter "Reproducing the paper"):
 
 1. its ``parameters``-tagged cell defines every grid name plus ``results_store = None`` and ``run_key = None``;
-2. its last cell calls ``flatcomp_tutorial.experiments.record(results_store, config, metrics, history,
+2. its last cell calls ``flatcomp_tutorial.store.record(results_store, config, metrics, history,
    key=run_key)`` when ``results_store`` is not None (one JSON line, appended atomically).
 
 For each configuration the runner injects the grid values, ``results_store`` (absolute path) and ``run_key`` (a hash
@@ -32,7 +32,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .experiments import SweepResult, config_key, grid_configs, read_store
+from .presets import grid_configs
+from .store import config_key, read_store
+from .sweeps import SweepResult
 
 _KERNEL_ENV = {"FLATCOMP_PROGRESS": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
                "FLATCOMP_CLAIMS": "warn"}  # prose claims describe default parameters: warn, do not stop
@@ -193,7 +195,7 @@ def run_batch(notebook: str | Path, grid: Mapping[str, Sequence] | Sequence[Mapp
     if missing:
         raise ValueError(f"{nb.name} has no {' and no '.join(missing)} parameter, so its runs cannot write records "
                          f"to the store: add {', '.join(f'{h} = None' for h in missing)} to its parameters cell and "
-                         "call experiments.record(results_store, ..., key=run_key) in its last cell")
+                         "call store.record(results_store, ..., key=run_key) in its last cell")
     _check_names(nb, list(parameters), known, "parameter name (-p)")
     _check_names(nb, list(dict.fromkeys(k for p in points for k in p)), known, "grid name")
     both = sorted(set(parameters) & {k for p in points for k in p})

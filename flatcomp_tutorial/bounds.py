@@ -297,7 +297,7 @@ def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
         stats = _layer_stats(model, x, batch_size)
         if first_layer:
             _check_first_layer(model, x, stats)
-        traces = sharpness.gauss_newton_trace(model, x, per_layer=True)
+        traces = sharpness.gauss_newton_block_traces(model, x)
         tr_g = float(traces["total"])
         tr_blocks = {s["name"]: float(traces[s["name"]]) for s in stats}
         if not all(math.isfinite(t) for t in [tr_g, *tr_blocks.values()]):
@@ -391,7 +391,7 @@ def b4_step_slacks(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
         _check_first_layer(model, x, stats)
         s0 = stats[0]
         r, w2, xn2 = s0["r"], s0["w_spec"] ** 2, s0["h_norm2"]
-        traces = sharpness.gauss_newton_trace(model, x, per_layer=True)
+        traces = sharpness.gauss_newton_block_traces(model, x)
         tr1, tr_g = float(traces[s0["name"]]), float(traces["total"])
         jac = _jacobians(model, x, (1, "in"), None, batch_size=batch_size)
         sv2 = torch.linalg.svdvals(jac.double()).pow(2).cpu().numpy()

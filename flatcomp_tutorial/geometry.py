@@ -27,6 +27,7 @@ are not finite although the model's outputs are raise :class:`~flatcomp_tutorial
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
@@ -393,4 +394,63 @@ def layerwise_measures(model: nn.Module, x: torch.Tensor, batch_size: int | None
         rows.append({"layer": l, "module": name,
                      **{f"rep_{k}": float(np.mean(rep[k])) for k in ("log_lvr", "mls", "local_dim")},
                      **{f"out_{k}": float(np.mean(out[k])) for k in ("log_lvr", "mls", "local_dim")}})
+    return pd.DataFrame(rows)
+
+
+__all__ += ["LocalEllipse", "local_ellipse", "ball_convergence_table"]
+
+
+@dataclass(frozen=True)
+class LocalEllipse:
+    """A small disc of inputs around ``x0`` in R² and its image under a map R² → R² (:func:`local_ellipse`):
+    ``offsets`` u (n, 2) of the sampled inputs x0 + u, their polar ``angles`` (n,), the ``outputs`` f(x0 + u)
+    (n, 2), ``f0`` = f(x0), and the SVD J_x = U diag(σ) Vᵀ of the Jacobian at x0 (``left_singular_vectors`` U,
+    ``singular_values`` σ_1 ≥ σ_2)."""
+
+    x0: np.ndarray
+    radius: float
+    offsets: np.ndarray
+    angles: np.ndarray
+    outputs: np.ndarray
+    f0: np.ndarray
+    left_singular_vectors: np.ndarray
+    singular_values: np.ndarray
+
+
+def local_ellipse(model: nn.Module, x0, radius: float = 0.1, n_points: int = 400, seed: int = 0) -> LocalEllipse:
+    """The image of a disc of inputs under a map R² → R²: ``n_points`` inputs x0 + u drawn uniformly from the disc
+    ‖u‖ ≤ ``radius`` (numpy generator seeded with ``seed``), their outputs f(x0 + u) (model in eval mode), and the
+    Jacobian's SVD at x0. To first order the image is the ellipse f(x0) + J_x u with semi-axes radius·σ_1 and
+    radius·σ_2, so LVR = σ_1σ_2 is its area ratio and MLS = σ_1 its longest stretch (chapter "Measuring
+    compression")."""
+    x0 = torch.as_tensor(x0, dtype=next(model.parameters()).dtype).reshape(1, 2)
+    J = jacobians(model, x0)[0].double().numpy()
+    U, s, _ = np.linalg.svd(J)
+    rng = np.random.default_rng(seed)
+    r = radius * np.sqrt(rng.uniform(size=n_points))
+    t = rng.uniform(0, 2 * np.pi, size=n_points)
+    pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    with torch.no_grad():
+        out = model.eval()(x0 + torch.as_tensor(pts, dtype=x0.dtype)).double().numpy()
+        f0 = model(x0).double().numpy()[0]
+    return LocalEllipse(x0=x0[0].double().numpy(), radius=radius, offsets=pts, angles=t, outputs=out, f0=f0,
+                        left_singular_vectors=U, singular_values=s)
+
+
+def ball_convergence_table(model: nn.Module, x: torch.Tensor, alphas, samples=(1000, 10000), seed: int = 0):
+    """Relative error of the Gaussian-ball Monte-Carlo measures (:func:`gaussian_ball_measures`) against the exact
+    Jacobian values (:func:`local_measures`), median over the inputs ``x``: a pandas DataFrame with one row per
+    (alpha, samples) and columns ``lvr`` (|LVR_mc/LVR − 1| = |exp(log LVR_mc − log LVR) − 1|), ``mls``
+    (|MLS_mc/MLS − 1|) and ``local_dim`` (|D_mc/D − 1|) (chapter "Measuring compression")."""
+    import pandas as pd
+
+    exact = local_measures(model, x)
+    rows = []
+    for s in samples:
+        for a in alphas:
+            mc = gaussian_ball_measures(model, x, float(a), int(s), seed=seed)
+            rows.append({"alpha": float(a), "samples": int(s),
+                         "lvr": float(np.median(np.abs(np.expm1(mc["log_lvr"] - exact["log_lvr"])))),
+                         "mls": float(np.median(np.abs(mc["mls"] / exact["mls"] - 1))),
+                         "local_dim": float(np.median(np.abs(mc["local_dim"] / exact["local_dim"] - 1)))})
     return pd.DataFrame(rows)

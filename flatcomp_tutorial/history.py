@@ -1,10 +1,13 @@
-"""Reading a training history (one row per checkpoint, :func:`~flatcomp_tutorial.training.train`): its phases.
+"""A training history (one row per checkpoint, :func:`~flatcomp_tutorial.training.train`): the conventions its
+``attrs`` state (:func:`new_history`) and its phases.
 
 A history row has ``phase`` "early" or "late"; the late phase starts at the first checkpoint whose full training
 loss fell below the run's ``late_phase_threshold`` (chapter "Reproduction I: the late phase"). That first late row
 is the run's *matched-loss* row: every run of a sweep is compared there, at the same training loss.
 """
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -37,3 +40,24 @@ def late_start_step(history: pd.DataFrame, x: str = "step") -> float:
     """The ``x`` value (default: the step) of the first late checkpoint of a history (NaN if it has none)."""
     rows = phase_rows(history, "matched")
     return float(rows[x].iloc[0]) if len(rows) else float("nan")
+
+
+def new_history(rows: Sequence[Mapping], loss: str, measures: Mapping[str, str], measure_n: int | None,
+                measure_seed: int, measure_errors: Mapping[str, str], late_phase_threshold: float | None,
+                check_every: int) -> pd.DataFrame:
+    """The checkpoint ``rows`` as a DataFrame whose ``attrs`` state the loss convention, what each measure computes
+    (``measures``: name -> description), on which data, the measures that failed (name -> reason) and what the
+    phases mean (``late_phase_threshold=None``: no late phase was requested)."""
+    history = pd.DataFrame.from_records(rows)
+    history.attrs["loss_convention"] = ("mean over samples of 1/2 sum over outputs of (f - y)^2" if loss == "mse"
+                                        else "mean cross-entropy")
+    history.attrs["measures"] = dict(measures)
+    history.attrs["measure_data"] = (f"fixed subset: min({measure_n}, n) training and test samples drawn by a "
+                                     f"generator seeded with {measure_seed} "
+                                     "(flatcomp_tutorial.measures.measurement_subset); "
+                                     "model in eval mode; full-set losses/accuracies in train_*/test_*")
+    history.attrs["measure_errors"] = measure_errors
+    history.attrs["phase"] = (f"'late' from the first step at which the full training loss < {late_phase_threshold} "
+                              f"(checked every {check_every} steps)" if late_phase_threshold is not None
+                              else "no late phase requested: every row is 'early'")
+    return history

@@ -70,6 +70,14 @@ LABELS: dict[str, str] = {
     "nmls": "NMLS  (B6 left side)",
     "global_pr": "global participation ratio",
     "lr_over_batch": "η/B  (learning rate / batch size)",
+    "lr_over_b": "η/B  (learning rate / batch size)",
+    "loss": "loss  (mean ½‖f−y‖²)",
+    "accuracy_percent": "accuracy (%)",
+    "layer": "dense layer l",
+    "log_lvr": "log LVR  (Σ_j log σ_j)",
+    "mls": "MLS  (σ_1)",
+    "local_dim": "local dimensionality",
+    "inputs_mean_mls": "mean MLS on the attacked inputs",
 }
 
 
@@ -118,7 +126,7 @@ def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
                                                                         loss=loss, tol=1e-4, seed=0)[0])
 
     def trace_g(model, m):
-        tr = sharpness.gauss_newton_trace(model, m.x_train, loss=loss, per_layer=True)
+        tr = sharpness.gauss_newton_block_traces(model, m.x_train, loss=loss)
         total = tr.pop("total")
         return {"trace_g": total, **{f"trace_g_W{l}": tr[name] for l, (name, _) in enumerate(dense_layers(model), 1)}}
 

@@ -23,6 +23,7 @@ Radii (``eps``, ``eps_max``, ``step_size``) are real numbers, numpy scalars incl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ NORMS = ("l2", "linf")
 ATTACK_LOSSES = ("mse", "cross_entropy", "margin")
 
 __all__ = ["fgsm", "pgd", "attack_success_rate", "adversarial_radius", "linear_radius", "segment_radius", "radii",
-           "robustness_measures", "NORMS", "ATTACK_LOSSES"]
+           "robustness_measures", "RobustnessMeasures", "NORMS", "ATTACK_LOSSES"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -345,17 +346,26 @@ def radii(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps_max: floa
     return out
 
 
+@dataclass(frozen=True)
+class RobustnessMeasures:
+    """What :func:`robustness_measures` returns: the summary ``row`` ({column: float}, one row of a results table)
+    and the per-input arrays ``radii`` of :func:`radii` it summarises."""
+
+    row: dict[str, float]
+    radii: dict[str, np.ndarray]
+
+
 def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_max: float,
-                        anchors: torch.Tensor | None = None, steps: int = 20, bisection: int = 8,
-                        return_radii: bool = False) -> dict[str, float] | tuple[dict[str, float], dict]:
-    """One row of robustness numbers for a trained classifier on inputs ``x`` (L2 throughout):
+                        anchors: torch.Tensor | None = None, steps: int = 20,
+                        bisection: int = 8) -> RobustnessMeasures:
+    """One row of robustness numbers for a trained classifier on inputs ``x`` (L2 throughout), in ``.row``:
     ``fgsm_success`` and ``pgd_success`` at radius ``eps`` (FGSM on the MSE training loss, PGD on the margin; over
     correctly classified inputs), ``median_pgd_radius`` (:func:`adversarial_radius` up to ``eps_max``; inf when PGD
     fails for more than half the inputs), with ``anchors`` also ``median_segment_radius`` (:func:`segment_radius`),
     ``median_radius`` (median of the per-input minimum of the two) and ``pgd_missed`` (fraction of inputs where the
     segment found an adversarial point closer than anything PGD found: gradient masking);
     ``median_linear_radius``, ``median_mls_radius`` (:func:`linear_radius`) and ``inputs_mean_mls`` (mean MLS over
-    ``x``). ``return_radii=True`` also returns the per-input arrays of :func:`radii` they summarise.
+    ``x``); ``.radii`` holds the per-input arrays of :func:`radii` they summarise.
     Chapter "Beyond the paper"."""
     eps = check_real(eps, "eps (the attack radius)", strict=False)
     r = radii(model, x, labels, eps_max, anchors=anchors, steps=steps, bisection=bisection)
@@ -368,4 +378,4 @@ def robustness_measures(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                    pgd_missed=float(np.mean(r["segment"] < r["pgd"])))
     out.update(median_linear_radius=float(np.median(r["linearized"])),
                median_mls_radius=float(np.median(r["mls_bound"])), inputs_mean_mls=float(np.mean(r["mls"])))
-    return (out, r) if return_radii else out
+    return RobustnessMeasures(out, r)

@@ -1,8 +1,12 @@
-"""Device, seeds and threads: the three things every chapter fixes before it computes anything."""
+"""Device, seeds and threads: the three things every chapter fixes before it computes anything; and whether to
+show progress bars."""
 from __future__ import annotations
 
+import os
 import random
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -73,3 +77,29 @@ def configure(seed: int = 0, device: str = "auto", threads: int | None = None,
         torch.set_num_threads(threads)
     seed_everything(seed)
     return dev
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Run the block with torch's CPU thread count set to ``n`` (``torch.set_num_threads``) and restore the previous
+    count afterwards, also when the block raises. ``None`` leaves the thread count unchanged. ``n`` is checked
+    before anything changes (a positive integer; numpy integers accepted, booleans and fractions refused)."""
+    if n is not None and not (is_integer(n) and n >= 1):
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """``None`` means: show progress bars unless ``$CI`` is set or ``$FLATCOMP_PROGRESS=0`` (the book's executor
+    and the test suite set it so stored outputs and logs stay clean)."""
+    if progress is not None:
+        return progress
+    return not os.environ.get("CI") and os.environ.get("FLATCOMP_PROGRESS", "1") != "0"

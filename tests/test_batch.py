@@ -1,15 +1,16 @@
 """The papermill batch runner's checks: everything that can be refused without a kernel is refused before the first
 run (unknown grid names, a notebook without the results_store/run_key hook, unwritable --out or store, bad timeout,
 unknown kernel), and a failing or timed-out cell is named by its index and first line. Tiny notebooks are written
-with nbformat; only the last two tests start a kernel."""
+with nbformat; only the tests of the last two sections start a kernel."""
 import nbformat
 import papermill
 import pytest
 
 from flatcomp_tutorial import batch as B
+from flatcomp_tutorial.store import read_store
 
 PARAMS = "lr = 0.1\nseed = 0\nresults_store = None\nrun_key = None"
-RECORD = ("from flatcomp_tutorial.experiments import record\n"
+RECORD = ("from flatcomp_tutorial.store import record\n"
           "record(results_store, dict(lr=lr, seed=seed), dict(loss=lr * (seed + 1)), key=run_key)")
 
 
@@ -150,6 +151,11 @@ def test_grid_with_an_empty_value_is_refused():
         B.parse_grid(["lr=0.1,,0.2"])
 
 
+def test_batch_grid_syntax_errors_name_the_expected_form():
+    with pytest.raises(ValueError, match="name=v1,v2"):
+        B.parse_grid(["lr"])
+
+
 def test_cli_fixed_parameter_with_several_values_is_refused(nb, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         B.main([str(nb), "-p", "lr=0.1,0.2", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "s.jsonl")])
@@ -173,3 +179,23 @@ def test_cli_failing_cell_gives_a_concise_message_naming_the_cell(tmp_path, caps
     assert code == 1
     assert f"cell 2 (\"raise ValueError('boom\\\\nmore detail')\") of {path} raised ValueError: boom (" in err
     assert "Traceback" not in err and "more detail\n" not in err
+
+
+# ------------------------------------------------------------------------------------------------ runs with a kernel
+def test_batch_runs_a_notebook_once_per_configuration_and_collects_records(tmp_path):
+    (tmp_path / "book").mkdir()
+    nb = _notebook(tmp_path / "book" / "chapter.ipynb", cells=(
+        "import os\nfinal_loss = lr * (seed + 1)\ncwd = os.getcwd()",
+        "from flatcomp_tutorial.store import record\n"
+        "record(results_store, dict(lr=lr, seed=seed), dict(final_loss=final_loss, cwd=cwd,\n"
+        "       progress=os.environ.get('FLATCOMP_PROGRESS')), key=run_key)"))
+    store, out = tmp_path / "results.jsonl", tmp_path / "out"
+    grid = B.parse_grid(["lr=0.05,0.1", "seed=1"])
+    assert grid == {"lr": [0.05, 0.1], "seed": [1]}
+    first = B.run_batch(nb, grid, out, store)
+    again = B.run_batch(nb, grid, out, store)
+    assert len(first.ran) == 2 and again.ran == [] and len(again.skipped) == 2
+    recs = read_store(store)[0]
+    assert sorted(r["final"]["final_loss"] for r in recs) == [0.1, 0.2]
+    assert {r["final"]["cwd"] for r in recs} == {str(nb.parent)} and {r["final"]["progress"] for r in recs} == {"0"}
+    assert len(list(out.glob("chapter-*.ipynb"))) == 2

@@ -41,3 +41,16 @@ def test_a_history_without_a_phase_column_is_all_early():
 def test_an_unknown_phase_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="phase must be one of"):
         history.phase_rows(_history(), "middle")
+
+
+def test_a_new_history_states_its_conventions_in_attrs():
+    h = history.new_history([{"step": 0, "phase": "early"}], "mse", {"trace_h": "Tr H"}, 256, 0, {}, 1e-3, 8)
+    assert list(h.step) == [0] and h.attrs["measures"] == {"trace_h": "Tr H"} and h.attrs["measure_errors"] == {}
+    assert "(f - y)^2" in h.attrs["loss_convention"] and "seeded with 0" in h.attrs["measure_data"]
+    assert "loss < 0.001 (checked every 8 steps)" in h.attrs["phase"]
+
+
+def test_a_new_history_without_a_late_phase_says_every_row_is_early():
+    h = history.new_history([], "cross_entropy", {}, None, 0, {}, None, 8)
+    assert h.attrs["phase"] == "no late phase requested: every row is 'early'"
+    assert h.attrs["loss_convention"] == "mean cross-entropy"

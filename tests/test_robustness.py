@@ -214,12 +214,21 @@ def test_robustness_summary_takes_the_closer_of_pgd_and_segment_points():
     model = _linear(n_out=2)
     x = _inputs()
     labels = _own_labels(model, x)
-    row, r = R.robustness_measures(model, x, labels, eps=0.5, eps_max=8.0, anchors=_mirror(model, x),
-                                   return_radii=True)
+    result = R.robustness_measures(model, x, labels, eps=0.5, eps_max=8.0, anchors=_mirror(model, x))
+    row, r = result.row, result.radii
     assert row["median_radius"] == np.median(r["empirical"]) and row["inputs_mean_mls"] == np.mean(r["mls"])
     assert row["median_radius"] <= min(row["median_pgd_radius"], row["median_segment_radius"]) * (1 + 1e-12)
     assert np.isclose(row["median_radius"], np.median(_exact_linear_radius(model, x, labels)), rtol=1e-2)
     assert 0 <= row["pgd_missed"] <= 1 and 0 <= row["fgsm_success"] <= row["pgd_success"] + 1e-12
+
+
+def test_robustness_measures_without_anchors_still_return_the_row_and_the_radii_it_summarises():
+    model = _linear(n_out=2)
+    x = _inputs()
+    result = R.robustness_measures(model, x, _own_labels(model, x), eps=0.5, eps_max=8.0, steps=2, bisection=2)
+    assert isinstance(result, R.RobustnessMeasures)
+    assert set(result.radii) == {"margin", "linearized", "mls", "mls_bound", "pgd"}
+    assert result.row["median_pgd_radius"] == np.median(result.radii["pgd"]) and "median_radius" not in result.row
 
 
 def test_radii_collects_the_per_input_arrays_and_the_empirical_radius_is_the_closer_one():

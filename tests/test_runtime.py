@@ -96,3 +96,46 @@ def test_configure_refuses_bad_arguments_before_changing_anything(kwargs, match)
     with pytest.raises(ValueError, match=match):
         runtime.configure(**({"threads": 3} | kwargs))
     assert torch.get_num_threads() == previous
+
+
+# ------------------------------------------------------------------------------------------------ threads
+def test_threads_sets_the_count_inside_the_block_and_restores_it():
+    before = torch.get_num_threads()
+    with runtime.threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
+def test_threads_restores_the_count_when_the_block_raises():
+    before = torch.get_num_threads()
+    with pytest.raises(KeyError):
+        with runtime.threads(np.int64(2)):
+            raise KeyError("boom")
+    assert torch.get_num_threads() == before
+
+
+def test_threads_none_leaves_the_count_unchanged():
+    before = torch.get_num_threads()
+    with runtime.threads(None):
+        assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
+def test_threads_refuses_a_count_that_is_not_a_positive_integer_before_changing_anything(n):
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        with runtime.threads(n):
+            pass
+    assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------------------------------------ progress bars
+def test_progress_is_quiet_under_ci_or_flatcomp_progress_0(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("FLATCOMP_PROGRESS", "1")
+    assert runtime.progress_enabled(None)
+    monkeypatch.setenv("CI", "true")
+    assert not runtime.progress_enabled(None)
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("FLATCOMP_PROGRESS", "0")
+    assert not runtime.progress_enabled(None) and runtime.progress_enabled(True)

@@ -1,6 +1,10 @@
 """Models and training: determinism, history, divergence handling, bad input."""
+import ast
 import copy
+import dataclasses
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,17 +259,6 @@ def test_divergence_with_measures_is_recorded_not_raised(small_digits):
     assert r.diverged and r.history.trace_g.notna().all()
 
 
-def test_progress_is_quiet_under_ci_or_flatcomp_progress_0(monkeypatch):
-    monkeypatch.delenv("CI", raising=False)
-    monkeypatch.setenv("FLATCOMP_PROGRESS", "1")
-    assert fc.training.progress_enabled(None)
-    monkeypatch.setenv("CI", "true")
-    assert not fc.training.progress_enabled(None)
-    monkeypatch.delenv("CI")
-    monkeypatch.setenv("FLATCOMP_PROGRESS", "0")
-    assert not fc.training.progress_enabled(None) and fc.training.progress_enabled(True)
-
-
 # ------------------------------------------------------------------------------------------ validation up front
 @pytest.mark.parametrize("width", [1, 3])
 def test_mse_training_refuses_an_output_width_other_than_the_targets_width(small_digits, width):
@@ -396,3 +389,87 @@ def test_check_train_options_checks_batch_size_against_the_training_set_only_whe
     fc.training.check_train_options(lr=0.1, batch_size=500, epochs=1)
     with pytest.raises(ValueError, match="between 1 and n_train=100"):
         fc.training.check_train_options(100, lr=0.1, batch_size=500, epochs=1)
+
+
+# ------------------------------------------------------------------------------------------------ TrainConfig
+#: train's keyword defaults, as documented (lr and batch_size have none: they are required)
+DEFAULTS = dict(epochs=None, steps=None, loss="mse", optimizer="sgd", momentum=0.0, weight_decay=0.0, label_noise=0.0,
+                sam_rho=0.0, seed=0, track_every=None, measures=None, measure_n=256, measure_seed=0, probes=32,
+                late_phase_steps=None, late_phase_threshold=1e-3, late_track_every=None, check_every=None)
+
+
+def test_train_config_holds_every_option_with_trains_keyword_defaults():
+    fields = {f.name: f.default for f in dataclasses.fields(fc.training.TrainConfig)}
+    assert fields == {"lr": dataclasses.MISSING, "batch_size": dataclasses.MISSING, **DEFAULTS}
+    assert set(inspect.signature(fc.train).parameters) == {"model", "data", "config", "device", "progress", "options"}
+
+
+def test_train_config_requires_lr_and_batch_size():
+    with pytest.raises(TypeError):
+        fc.training.TrainConfig(lr=0.1)
+    with pytest.raises(ValueError, match=r"missing training option\(s\) \['batch_size'\]"):
+        fc.training.check_train_options(lr=0.1, epochs=1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr=-1.0, steps=1), "lr must be a positive finite number"),
+    (dict(lr=0.1, epochs=1, steps=1), "give exactly one of epochs= or steps="),
+    (dict(lr=0.1, steps=1, optimizer="lbfgs"), "optimizer must be one of"),
+    (dict(lr=0.1, steps=1, late_phase_steps=-1), "late_phase_steps must be >= 0"),
+])
+def test_a_bad_train_config_is_refused_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fc.training.TrainConfig(batch_size=8, **kwargs)
+
+
+def test_a_train_config_gives_the_same_run_as_the_keywords(small_digits):
+    kw = dict(lr=0.1, batch_size=8, steps=12, track_every=4, label_noise=0.1, seed=3)
+    a = fc.train(_mlp(small_digits), small_digits, progress=False, **kw)
+    b = fc.train(_mlp(small_digits), small_digits, fc.training.TrainConfig(**kw), progress=False)
+    assert a.history.equals(b.history) and {**a.config, "measure_time": 0} == {**b.config, "measure_time": 0}
+
+
+def test_keywords_given_with_a_train_config_override_its_fields(small_digits):
+    cfg = fc.training.TrainConfig(lr=0.1, batch_size=8, steps=12, track_every=4)
+    r = fc.train(_mlp(small_digits), small_digits, cfg, steps=4, progress=False)
+    assert r.config["steps_done"] == 4 and list(r.history.step) == [0, 4] and cfg.steps == 12
+
+
+def test_an_unknown_keyword_with_a_train_config_is_refused(small_digits):
+    cfg = fc.training.TrainConfig(lr=0.1, batch_size=8, steps=2)
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['lrr'\]"):
+        fc.train(_mlp(small_digits), small_digits, cfg, lrr=0.2, progress=False)
+
+
+def test_a_config_that_is_not_a_train_config_is_refused(small_digits):
+    with pytest.raises(ValueError, match="config must be a TrainConfig"):
+        fc.train(_mlp(small_digits), small_digits, 0.1, batch_size=8, steps=2, progress=False)
+
+
+def test_a_bad_option_is_refused_before_any_step(small_digits):
+    model = _mlp(small_digits)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="batch_size must be between 1 and n_train=64"):
+        fc.train(model, small_digits, fc.training.TrainConfig(lr=0.1, batch_size=65, steps=2), progress=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_the_presets_train_sections_are_train_config_options():
+    from flatcomp_tutorial.presets import PRESETS
+
+    for spec in PRESETS.values():
+        options = {k: v for k, v in spec["train"].items() if k != "track_every_epochs"}
+        fc.training.TrainConfig(lr=0.1, batch_size=8, **options)
+
+
+# ------------------------------------------------------------------------------------------------ module layering
+def test_training_does_not_import_sweeps_store_presets_or_figures():
+    tree = ast.parse(Path(fc.training.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {node.module or ""} | {f"{node.module or ''}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    names = {part for name in imported for part in name.split(".")}
+    assert not names & {"sweeps", "store", "presets", "figures", "experiments"}, imported

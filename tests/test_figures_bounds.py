@@ -1,23 +1,24 @@
-"""Plotting helpers of the bounds chapters (B1-B8): they draw from given tables and label their axes."""
+"""Figures of the bounds chapters (B1-B8) and of the rescaling experiment: they draw from given tables and label
+their axes."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
 
-from flatcomp_tutorial import plotting  # noqa: E402
+from flatcomp_tutorial import figures  # noqa: E402
 
 
 def _steps(scale: float) -> pd.DataFrame:
-    rows = [("AM–GM on σ_j²", 0.5, "step"), ("Frobenius identity", -1e-17, "step"), ("||DW||_F ≤ ||D||_F ||W||_2", 1.0, "step"),
-            ("Jensen over samples", 0.1, "step"), ("total (B4)", 1.6, "total"), ("block trace", 0.7, "extra")]
+    rows = [("AM–GM on σ_j²", 0.5, "step"), ("Frobenius identity", -1e-17, "step"),
+            ("||DW||_F ≤ ||D||_F ||W||_2", 1.0, "step"), ("Jensen over samples", 0.1, "step"),
+            ("total (B4)", 1.6, "total"), ("block trace", 0.7, "extra")]
     return pd.DataFrame([{"step": s, "inequality": "", "slack": v * scale, "kind": k} for s, v, k in rows])
 
 
 def test_plot_b4_steps_stacks_the_steps_up_to_the_total():
-    fig = plotting.plot_b4_steps({"net A": _steps(1.0), "net B": _steps(2.0)}, title="B4")
+    fig = figures.plot_b4_steps({"net A": _steps(1.0), "net B": _steps(2.0)}, title="B4")
     ax = fig.axes[0]
     assert "nats" in ax.get_ylabel() and ax.get_xlabel()
     # 4 steps + hatched extra, 2 networks each
@@ -29,17 +30,8 @@ def test_plot_b4_steps_stacks_the_steps_up_to_the_total():
     plt.close(fig)
 
 
-def test_amgm_gap_is_zero_for_equal_singular_values_and_positive_otherwise():
-    lv, bd = plotting.amgm_gap(plotting.geometric_spectrum(8, 1.0, 0.5))
-    assert bd - lv == pytest.approx(0.0, abs=1e-12)
-    assert lv == pytest.approx(8 * np.log(0.5))
-    lv, bd = plotting.amgm_gap(plotting.geometric_spectrum(8, 0.5))
-    assert bd - lv > 0
-    np.testing.assert_allclose(plotting.geometric_spectrum(3, 0.5, 2.0), [2.0, 1.0, 0.5])
-
-
 def test_plot_amgm_draws_spectrum_and_bound_with_labels():
-    fig = plotting.plot_amgm(rho=0.6, r=5)
+    fig = figures.plot_amgm(rho=0.6, r=5)
     assert len(fig.axes) == 2
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel()
@@ -48,7 +40,7 @@ def test_plot_amgm_draws_spectrum_and_bound_with_labels():
 
 def test_plot_slack_by_network_one_line_per_bound_on_log_axis():
     df = pd.DataFrame({"B1": [3.0, 4.0, 15.0], "B6": [2.5, 2.7, 11.0]}, index=["a", "b", "c"])
-    fig = plotting.plot_slack_by_network(df, title="slack")
+    fig = figures.plot_slack_by_network(df, title="slack")
     ax = fig.axes[0]
     assert ax.get_yscale() == "log" and "slack" in ax.get_ylabel()
     assert len([l for l in ax.get_lines() if l.get_label() in ("B1", "B6")]) == 2
@@ -58,10 +50,21 @@ def test_plot_slack_by_network_one_line_per_bound_on_log_axis():
 def test_plot_rescaling_normalises_at_c_equal_one():
     c = [0.1, 1.0, 10.0]
     df = pd.DataFrame({"invariant": [2.0, 2.0, 2.0], "quadratic": [100.0, 1.0, 100.0]}, index=c)
-    fig = plotting.plot_rescaling(df)
+    fig = figures.plot_rescaling(df)
     ax = fig.axes[0]
     lines = {l.get_label(): l for l in ax.get_lines()}
     np.testing.assert_allclose(lines["invariant"].get_ydata(), 1.0)
     np.testing.assert_allclose(lines["quadratic"].get_ydata(), [100.0, 1.0, 100.0])
     assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel()
+    plt.close(fig)
+
+
+def test_plot_rescaling_explorer_shows_the_ratios_at_the_nearest_factor():
+    sweep = pd.DataFrame({"max_output_change": [0.0, 0.0, 0.0], "trace_g": [4.0, 1.0, 0.25],
+                          "trace_h": [4.0, 1.0, 0.25], "trace_h_stderr": [0.1, 0.1, 0.1], "kappa_1": [2.0, 2.0, 2.0]},
+                         index=pd.Index([0.5, 1.0, 2.0], name="c"))
+    fig = figures.plot_rescaling_explorer(sweep, 0.3)
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "c = 2"
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["trace_g", "trace_h", "kappa_1"]
+    np.testing.assert_allclose([p.get_height() for p in fig.axes[1].patches], [0.25, 0.25, 1.0])
     plt.close(fig)

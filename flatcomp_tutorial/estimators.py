@@ -1,0 +1,251 @@
+"""Randomised linear algebra over ANY symmetric matrix given by its products (chapter "Measuring sharpness").
+
+A matrix A (dim × dim) enters every function here only as ``matmat``: V (m, dim) ↦ the rows A vᵢ (m, dim), in
+the dtype and on the device of V; a :class:`~flatcomp_tutorial.curvature.CurvatureOperator`'s ``matmat``, a dense
+``lambda V: V @ A``, anything (as curvlinops' estimators take any linear operator). ``probe_batch`` rows go to
+``matmat`` at a time; it only groups the products and never changes a number. Probes are Rademacher (±1) rows
+drawn on the CPU from a ``torch.Generator`` seeded with ``seed``, so the same seed gives the same probes on every
+device. Pure functions over tensors (no ``nn.Module``).
+
+* :func:`hutchinson`: Tr A ≈ (1/m) Σ_k z_kᵀ A z_k, unbiased, ``stderr`` = sample std / √m.
+* :func:`hutch_plus_plus` (Meyer et al. 2021): exact Tr(Qᵀ A Q) on a rank-m/3 sketch Q plus Hutchinson on the
+  deflated rest; exact when rank A ≤ m/3.
+* :func:`control_variate_trace`: Tr A = Tr B (known) + Hutchinson on A − B.
+* :func:`lanczos`, :func:`gauss_quadrature`, :func:`slq`: Lanczos tridiagonals and stochastic Lanczos quadrature.
+* :func:`eigenpairs`: extreme eigenpairs by implicitly restarted Lanczos (ARPACK's ``eigsh``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from threadpoolctl import threadpool_limits
+
+from .checks import check_count, check_real, is_integer
+
+__all__ = ["Estimate", "Eigenpairs", "Matmat", "check_probes", "check_seed", "check_eigen_options", "rademacher",
+           "estimate", "quadratic_forms", "apply_in_groups", "hutchinson", "hutch_plus_plus", "control_variate_trace",
+           "diagonal", "lanczos", "gauss_quadrature", "slq", "eigenpairs", "TRACE_METHODS", "WHICH"]
+
+Matmat = Callable[[torch.Tensor], torch.Tensor]
+TRACE_METHODS = ("hutchinson", "hutch++", "gn-control")
+WHICH = ("LA", "SA", "LM")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stochastic estimate: ``mean`` ± ``stderr`` from ``probes`` probe vectors, costing ``matvecs`` HVPs."""
+
+    mean: float
+    stderr: float
+    probes: int
+    matvecs: int
+
+    def __float__(self) -> float:
+        return float(self.mean)
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    """Extreme eigenpairs A vᵢ ≈ λᵢ vᵢ: ``values`` (k,), unit ``vectors`` (dim, k) as columns, in the order of
+    ``values``, and the number of products ``matvecs`` the solver used."""
+
+    values: np.ndarray
+    vectors: np.ndarray
+    matvecs: int
+
+
+# --------------------------------------------------------------------------------------------------------------
+# arguments and building blocks
+# --------------------------------------------------------------------------------------------------------------
+def check_probes(probes, method: str = "hutchinson") -> int:
+    """``probes`` as an int: >= 3 for ``"hutch++"`` (sketch, projection, residual), >= 1 for every other method."""
+    if method == "hutch++":
+        return check_count(probes, "probes (hutch++ needs >= 3: sketch, projection, residual)", 3)
+    return check_count(probes, "probes")
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int >= 0 (numpy integers accepted, booleans refused)."""
+    return check_count(seed, "seed", 0)
+
+
+def rademacher(m: int, dim: int, gen: torch.Generator, dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """m independent Rademacher rows z ∈ {−1, +1}^dim (E[z zᵀ] = I), drawn on the CPU from ``gen``."""
+    z = torch.randint(0, 2, (m, dim), generator=gen, dtype=torch.int8)
+    return (2 * z - 1).to(device=device, dtype=dtype)
+
+
+def estimate(samples: torch.Tensor, probes: int, matvecs: int, offset: float = 0.0) -> Estimate:
+    """``offset`` + the mean of ``samples`` ± their standard error (sample std / √m; NaN for one sample)."""
+    s = samples.double()
+    stderr = float(s.std(unbiased=True) / math.sqrt(s.numel())) if s.numel() > 1 else float("nan")
+    return Estimate(mean=offset + float(s.mean()), stderr=stderr, probes=probes, matvecs=matvecs)
+
+
+def quadratic_forms(matmat: Matmat, V: torch.Tensor, probe_batch: int) -> torch.Tensor:
+    """vᵢᵀ A vᵢ for every row vᵢ of V, ``probe_batch`` rows per product call."""
+    return torch.cat([(Vg * matmat(Vg)).sum(-1) for Vg in V.split(probe_batch)])
+
+
+def apply_in_groups(matmat: Matmat, V: torch.Tensor, probe_batch: int) -> torch.Tensor:
+    """The rows A vᵢ of every row vᵢ of V, ``probe_batch`` rows per product call."""
+    return torch.cat([matmat(V[i:i + probe_batch]) for i in range(0, V.shape[0], probe_batch)], dim=0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# traces and diagonals
+# --------------------------------------------------------------------------------------------------------------
+def hutchinson(matmat: Matmat, dim: int, probes: int = 100, seed: int = 0, probe_batch: int = 32,
+               dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Estimate:
+    """Tr A ≈ (1/m) Σ_k z_kᵀ A z_k with m = ``probes`` Rademacher z (Var = 2 Σ_{i≠j} A_ij² per probe)."""
+    probes, seed = check_probes(probes), check_seed(seed)
+    Z = rademacher(probes, dim, torch.Generator().manual_seed(seed), dtype, device)
+    return estimate(quadratic_forms(matmat, Z, check_count(probe_batch, "probe_batch")), probes, probes)
+
+
+def hutch_plus_plus(matmat: Matmat, dim: int, probes: int = 100, seed: int = 0, probe_batch: int = 32,
+                    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Estimate:
+    """Hutch++ with m = ``probes`` products: Q = orth(A S) for k = m/3 Rademacher columns S, then
+    Tr A ≈ Tr(Qᵀ A Q) + Hutchinson on (I − QQᵀ) A (I − QQᵀ) with the remaining m − 2k probes; ``stderr`` is that
+    of the residual part (zero, and the trace exact, when rank A ≤ k)."""
+    probes, seed = check_probes(probes, "hutch++"), check_seed(seed)
+    probe_batch = check_count(probe_batch, "probe_batch")
+    gen = torch.Generator().manual_seed(seed)
+    k = min(probes // 3, dim)
+    S = rademacher(k, dim, gen, dtype, device)
+    Q, _ = torch.linalg.qr(apply_in_groups(matmat, S, probe_batch).T.double())  # (dim, k)
+    Qt = Q.T.to(dtype)
+    low = float((Qt * apply_in_groups(matmat, Qt, probe_batch)).sum())
+    m_res = probes - 2 * k
+    G = rademacher(m_res, dim, gen, dtype, device).double()
+    R = (G - (G @ Q) @ Q.T).to(dtype)
+    if m_res == 0:
+        return Estimate(low, 0.0, probes, 2 * k)
+    return estimate(quadratic_forms(matmat, R, probe_batch), probes, probes, offset=low)
+
+
+def control_variate_trace(matmat: Matmat, base_matmat: Matmat, base_trace: float, dim: int, probes: int = 100,
+                          seed: int = 0, probe_batch: int = 32, dtype: torch.dtype = torch.float64,
+                          device: torch.device | str | None = None) -> Estimate:
+    """Tr A = Tr B + Tr(A − B): the known ``base_trace`` = Tr B plus Hutchinson on A − B (2 products per probe,
+    counted in ``matvecs``). Pays off when A − B is small, e.g. A = H, B = G near a minimum."""
+    probes, seed = check_probes(probes), check_seed(seed)
+    Z = rademacher(probes, dim, torch.Generator().manual_seed(seed), dtype, device)
+    residual = lambda V: matmat(V) - base_matmat(V)  # noqa: E731  (A − B) V
+    samples = quadratic_forms(residual, Z, check_count(probe_batch, "probe_batch"))
+    return estimate(samples, probes, 2 * probes, offset=base_trace)
+
+
+def diagonal(matmat: Matmat, dim: int, probe_batch: int = 32, dtype: torch.dtype = torch.float64,
+             device: torch.device | str | None = None) -> torch.Tensor:
+    """The exact diagonal A_jj from ``dim`` unit-vector products (small matrices only)."""
+    probe_batch = check_count(probe_batch, "probe_batch")
+    parts = []
+    for s in range(0, dim, probe_batch):
+        idx = torch.arange(s, min(s + probe_batch, dim), device=device)
+        E = torch.zeros(idx.numel(), dim, dtype=dtype, device=device)
+        E[torch.arange(idx.numel()), idx] = 1.0
+        parts.append(matmat(E)[torch.arange(idx.numel()), idx])
+    return torch.cat(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lanczos and stochastic Lanczos quadrature
+# --------------------------------------------------------------------------------------------------------------
+def lanczos(matmat: Matmat, start_vectors: torch.Tensor, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batched Lanczos with full reorthogonalisation (twice, in float64) from each row of ``start_vectors``.
+
+    Returns, per start vector v, the tridiagonal T = Qᵀ A Q of its Krylov basis (q_0 = v/||v||) as
+    ``(alpha, beta)``: diagonal (L,) and off-diagonal (L−1,), L = min(steps, dim) or fewer when the Krylov space
+    is exhausted (β below 1e-10 of the largest |α|)."""
+    m, dim = start_vectors.shape
+    steps = min(steps, dim)
+    dt = start_vectors.dtype
+    Q = torch.zeros(m, steps + 1, dim, dtype=torch.float64, device=start_vectors.device)
+    Q[:, 0] = start_vectors.double() / start_vectors.double().norm(dim=1, keepdim=True)
+    alpha = torch.zeros(m, steps, dtype=torch.float64)
+    beta = torch.zeros(m, steps, dtype=torch.float64)
+    active = torch.ones(m, dtype=torch.bool)
+    length = torch.full((m,), steps, dtype=torch.long)
+    for j in range(steps):
+        idx = torch.nonzero(active).flatten()
+        if idx.numel() == 0:
+            break
+        w = matmat(Q[idx, j].to(dt)).double()
+        a = (w * Q[idx, j]).sum(-1)
+        alpha[idx, j] = a.cpu()
+        for _ in range(2):  # full reorthogonalisation against q_0..q_j
+            Qi = Q[idx, : j + 1]
+            w = w - torch.einsum("mkd,mk->md", Qi, torch.einsum("mkd,md->mk", Qi, w))
+        b = w.norm(dim=1)
+        beta[idx, j] = b.cpu()
+        scale = alpha[idx, : j + 1].abs().max(dim=1).values.to(b.device) + 1e-300
+        stop = (b <= 1e-10 * scale) | (j + 1 == steps)
+        stop = stop.cpu()
+        done, go = idx[stop], idx[~stop]
+        active[done] = False
+        length[done] = j + 1
+        Q[go.to(Q.device), j + 1] = w[~stop.to(w.device)] / b[~stop.to(b.device), None]
+    return [(alpha[i, :int(length[i])].numpy(), beta[i, :int(length[i]) - 1].numpy()) for i in range(m)]
+
+
+def gauss_quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes θ_k and weights τ_k = U_{0k}² of T = U diag(θ) Uᵀ (weights sum to 1):
+    Σ_k τ_k θ_k^p = qᵀ A^p q exactly for p ≤ 2L − 1."""
+    T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+    theta, U = np.linalg.eigh(T)
+    return theta, U[0] ** 2
+
+
+def slq(matmat: Matmat, start_vectors: torch.Tensor, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stochastic Lanczos quadrature (Ghorbani et al. 2019): ``(nodes, weights)`` of :func:`gauss_quadrature`
+    for each start vector. With Rademacher start vectors, the average of Σ_k τ_k f(θ_k) estimates Tr f(A) / dim."""
+    return [gauss_quadrature(a, b) for a, b in lanczos(matmat, start_vectors, steps)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# extreme eigenpairs
+# --------------------------------------------------------------------------------------------------------------
+def check_eigen_options(which: str, tol: float, seed: int, ncv: int | None, maxiter: int | None):
+    """``(which, tol, seed, ncv, maxiter)`` validated for :func:`eigenpairs`."""
+    if which not in WHICH:
+        raise ValueError(f"which must be 'LA' (largest), 'SA' (most negative) or 'LM' (largest |λ|), got {which!r}")
+    tol = check_real(tol, "tol (eigsh's relative accuracy; 0 means machine precision)", 0.0, strict=False)
+    return (which, tol, check_seed(seed), check_count(ncv, "ncv", optional=True),
+            check_count(maxiter, "maxiter", optional=True))
+
+
+def eigenpairs(matmat: Matmat, dim: int, k: int = 1, which: str = "LA", tol: float = 1e-6, seed: int = 0,
+               ncv: int | None = None, maxiter: int | None = None, dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> Eigenpairs:
+    """The k extreme eigenpairs of A by implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``, start vector
+    N(0, I) from ``seed``; products in ``dtype`` on ``device``, ARPACK in float64).
+
+    ``which="LA"``: largest algebraic, descending; ``"SA"``: most negative, ascending; ``"LM"``: largest
+    magnitude, by descending |λ|. ``tol`` is eigsh's relative accuracy."""
+    which, tol, seed, ncv, maxiter = check_eigen_options(which, tol, seed, ncv, maxiter)
+    if not is_integer(k) or not 1 <= k < dim:
+        raise ValueError(f"k must be an integer with 1 <= k < P = {dim} (Lanczos cannot return all "
+                         f"eigenvalues; use a dense eigensolver for that), got {k!r}")
+    count = [0]
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1)).to(device=device, dtype=dtype)
+        return matmat(t[None])[0].double().cpu().numpy()
+
+    op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(dim)
+    # ARPACK's BLAS threads spin after each call and starve torch's threads during the next matvec (twice the
+    # wall time on 2 cores, benchmarks/results.md); ARPACK's own vector work is tiny, so it gets one thread.
+    with threadpool_limits(limits=1, user_api="blas"):
+        vals, vecs = eigsh(op, k=int(k), which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter,
+                           return_eigenvectors=True)
+    order = {"LA": np.argsort(-vals), "SA": np.argsort(vals), "LM": np.argsort(-np.abs(vals))}[which]
+    return Eigenpairs(vals[order], vecs[:, order], count[0])

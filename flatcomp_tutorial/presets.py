@@ -1,0 +1,135 @@
+"""Sweep presets: the settings the book runs (a CPU-sized one and the paper's), grids of configurations, and the
+full configuration of one run (chapter "Reproducing the paper").
+
+A *preset* is a dict of sections: ``datasets`` and ``architectures`` (named options of
+:func:`~flatcomp_tutorial.data.load_dataset` and :func:`~flatcomp_tutorial.models.make_model`), ``train``
+(defaults of :func:`~flatcomp_tutorial.training.train`) and ``grid`` (the configurations a sweep runs). A grid
+point overrides any of them; :func:`resolve_config` turns it into the configuration a run is keyed by
+(:func:`~flatcomp_tutorial.store.config_key`).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, Mapping, Sequence
+
+from .measures import SWEEP_MEASURES
+
+__all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config"]
+
+_SWEEP_MEASURES = list(SWEEP_MEASURES)
+
+PRESETS: dict[str, dict] = {
+    "cpu": {
+        "description": "digits 3 vs 8 (285 train / 72 test images, 1x8x8, standardised); MSE; plain SGD; every run "
+                       "trained until the full training loss < 1e-3 (matched loss; at most 400 epochs); what the "
+                       "book and CI run.",
+        "datasets": {"digits": dict(name="digits", classes=[3, 8])},
+        "architectures": {
+            "mlp": dict(kind="mlp", width=64, depth=2, activation="tanh", dataset="digits"),
+            "lenet": dict(kind="lenet", channels=[6, 16], width=64, activation="tanh", dataset="digits"),
+            "vit": dict(kind="vit", patch=4, dim=32, depth=2, heads=4, dataset="digits"),
+        },
+        "train": dict(epochs=400, loss="mse", optimizer="sgd", late_phase_steps=0, late_phase_threshold=1e-3,
+                      track_every_epochs=20, measures=_SWEEP_MEASURES, measure_n=256, probes=32),
+        "grid": dict(arch=["mlp"], lr=[0.05, 0.1, 0.15, 0.2], batch_size=[4, 8, 16], seed=[0, 1]),
+    },
+    "paper": {
+        "description": "the paper's setting: 2-class FashionMNIST (T-shirt vs trouser) with an MLP 784-512-512-2, "
+                       "2-class CIFAR-10 (airplane vs automobile) with VGG-11 without BatchNorm and a small ViT; MSE; "
+                       "SGD without momentum or weight decay; lr {0.01, 0.02, 0.05, 0.1} x B {16, 32, 64, 128, 256}; "
+                       "trained until the training loss < 1e-3 (at most 200 epochs). GPU-sized.",
+        "datasets": {"fashion_mnist2": dict(name="fashion_mnist", classes=[0, 1]),
+                     "cifar10_2": dict(name="cifar10", classes=[0, 1])},
+        "architectures": {
+            "mlp": dict(kind="mlp", width=512, depth=2, activation="relu", dataset="fashion_mnist2"),
+            "vgg11": dict(kind="vgg", cfg="vgg11", hidden=[], activation="relu", dataset="cifar10_2"),
+            "vit": dict(kind="vit", patch=4, dim=64, depth=4, heads=4, mlp_ratio=2, dataset="cifar10_2"),
+        },
+        "train": dict(epochs=200, loss="mse", optimizer="sgd", momentum=0.0, weight_decay=0.0, late_phase_steps=0,
+                      late_phase_threshold=1e-3, track_every_epochs=10, measures=_SWEEP_MEASURES, measure_n=256,
+                      probes=32),
+        "grid": dict(arch=["mlp", "vgg11", "vit"], lr=[0.01, 0.02, 0.05, 0.1], batch_size=[16, 32, 64, 128, 256],
+                     seed=[0, 1]),
+    },
+}
+
+
+def preset(name: str, **overrides: Mapping) -> dict:
+    """A deep copy of ``PRESETS[name]`` with sections updated by ``overrides``, e.g.
+    ``preset("paper", datasets={"fashion_mnist2": {"n_train": 20}}, train={"epochs": 1})`` (nested dicts are
+    merged one level deep; ``grid`` is replaced)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    p = copy.deepcopy(PRESETS[name])
+    p["name"] = name
+    for section, value in overrides.items():
+        if section not in p:
+            raise ValueError(f"preset override {section!r} is not a section; use one of {sorted(p)}")
+        if section in ("datasets", "architectures"):
+            for k, v in value.items():
+                p[section][k] = {**p[section].get(k, {}), **v}
+        elif section == "train":
+            p[section].update(value)
+        else:
+            p[section] = copy.deepcopy(value)
+    return p
+
+
+def grid_configs(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Grid points: a dict of lists is expanded to its Cartesian product (in key order), a list of dicts is taken
+    as is. Keys: ``arch``, ``dataset``, any :func:`~flatcomp_tutorial.training.train` argument (``lr``,
+    ``batch_size``, ``seed``, ``label_noise``, ...), ``model.<option>`` and ``data.<option>``."""
+    if isinstance(grid, Mapping):
+        for k, v in grid.items():
+            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+                raise ValueError(f"grid[{k!r}] must be a list of values, got {v!r}")
+        keys = list(grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(p) for p in grid]
+    if not all(isinstance(p, dict) for p in points):
+        raise ValueError("grid must be a dict of lists or a list of dicts")
+    return points
+
+
+def resolve_config(point: Mapping[str, Any], spec: Mapping) -> dict:
+    """The full configuration of one run: ``{"preset", "arch", "dataset", "model", "data", "train"}``."""
+    point = dict(point)
+    arch = point.pop("arch", None) or next(iter(spec["architectures"]))
+    if arch not in spec["architectures"]:
+        raise ValueError(f"arch must be one of {sorted(spec['architectures'])} for preset {spec.get('name')!r}, "
+                         f"got {arch!r}")
+    model = dict(spec["architectures"][arch])
+    dataset = point.pop("dataset", None) or model.pop("dataset", None) or next(iter(spec["datasets"]))
+    model.pop("dataset", None)
+    if dataset not in spec["datasets"]:
+        raise ValueError(f"dataset must be one of {sorted(spec['datasets'])} for preset {spec.get('name')!r}, "
+                         f"got {dataset!r}")
+    data = dict(spec["datasets"][dataset])
+    train = dict(spec["train"])
+    for k, v in point.items():
+        if k.startswith("model."):
+            model[k[6:]] = v
+        elif k.startswith("data."):
+            data[k[5:]] = v
+        else:
+            train[k] = v
+    for required in ("lr", "batch_size"):
+        if required not in train:
+            raise ValueError(f"configuration {dict(point)} has no {required!r}; put it in the grid")
+    train.setdefault("seed", 0)
+    return {"preset": spec.get("name", "custom"), "arch": arch, "dataset": dataset, "model": model, "data": data,
+            "train": train}
+
+
+def preset_spec(p: str | Mapping) -> dict:
+    """A preset by name, or an already-built preset dict (from :func:`preset`)."""
+    if isinstance(p, str):
+        return preset(p)
+    spec = dict(p)
+    spec.setdefault("name", "custom")
+    for section in ("datasets", "architectures", "train"):
+        if section not in spec:
+            raise ValueError(f"preset dict is missing the {section!r} section; build it with preset(name, ...)")
+    spec.setdefault("grid", {})
+    return spec

@@ -1,0 +1,55 @@
+"""Specification of flatcomp_tutorial.presets: the book's sweep settings, grids of configurations and the full
+configuration of one run."""
+import pytest
+
+import flatcomp_tutorial as fc
+from flatcomp_tutorial.checks import dense_layers
+from flatcomp_tutorial.presets import grid_configs, preset, preset_spec, resolve_config
+
+
+def test_dict_grid_is_the_cartesian_product_and_list_grid_is_taken_as_is():
+    assert grid_configs({"lr": [0.1, 0.2], "seed": [0, 1, 2]}) == [
+        {"lr": lr, "seed": s} for lr in (0.1, 0.2) for s in (0, 1, 2)]
+    assert grid_configs([{"lr": 0.1}, {"lr": 0.3, "arch": "vit"}]) == [{"lr": 0.1}, {"lr": 0.3, "arch": "vit"}]
+    with pytest.raises(ValueError, match=r"grid\['lr'\] must be a list"):
+        grid_configs({"lr": 0.1})
+
+
+
+def test_grid_points_override_model_data_and_training_options():
+    cfg = resolve_config({"arch": "vit", "lr": 0.1, "batch_size": 4, "model.dim": 8, "data.classes": [0, 1],
+                            "label_noise": 0.1}, preset("cpu"))
+    assert cfg["model"]["kind"] == "vit" and cfg["model"]["dim"] == 8
+    assert cfg["data"]["classes"] == [0, 1] and cfg["train"]["label_noise"] == 0.1
+
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: preset("gpu"), "preset must be one of"),
+    (lambda: resolve_config({"arch": "resnet", "lr": 0.1, "batch_size": 8}, preset("cpu")), "arch must be one of"),
+    (lambda: resolve_config({"lr": 0.1}, preset("cpu")), "has no 'batch_size'"),
+])
+def test_bad_preset_arguments_raise_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+def test_presets_hold_the_papers_and_the_cpu_grids():
+    paper, cpu = preset("paper"), preset("cpu")
+    assert paper["grid"]["lr"] == [0.01, 0.02, 0.05, 0.1] and paper["grid"]["batch_size"] == [16, 32, 64, 128, 256]
+    assert paper["train"]["optimizer"] == "sgd" and paper["train"]["momentum"] == paper["train"]["weight_decay"] == 0
+    assert paper["architectures"]["vgg11"]["cfg"] == "vgg11" and paper["datasets"]["cifar10_2"]["classes"] == [0, 1]
+    mlp = fc.make_model(**{k: v for k, v in paper["architectures"]["mlp"].items() if k != "dataset"},
+                        input_shape=(1, 28, 28), n_out=2)
+    assert [(l.in_features, l.out_features) for _, l in dense_layers(mlp)] == [(784, 512), (512, 512), (512, 2)]
+    pairs = {(c["lr"], c["batch_size"]) for c in grid_configs(cpu["grid"])}
+    assert len(pairs) >= 12 and len(grid_configs(cpu["grid"])) == 2 * len(pairs)
+    assert set(cpu["architectures"]) == {"mlp", "lenet", "vit"}
+
+
+
+def test_a_preset_is_named_or_given_as_a_built_dict():
+    assert preset_spec("cpu") == preset("cpu")
+    custom = preset_spec({k: v for k, v in preset("cpu").items() if k not in ("name", "grid")})
+    assert custom["name"] == "custom" and custom["grid"] == {}
+    with pytest.raises(ValueError, match="preset dict is missing the 'train' section"):
+        preset_spec({"datasets": {}, "architectures": {}})
