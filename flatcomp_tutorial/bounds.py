@@ -22,6 +22,8 @@ right side, never a "math domain error".
 Precision and overflow: float16/bfloat16 models are refused (``copy.deepcopy(model).float()``: their round-off,
 1e-3 to 1e-2 relative, exceeds the tolerance of ``holds`` and breaks the B8 identity); outputs, losses, traces or
 Jacobians that are not finite raise :class:`~flatcomp_tutorial.checks.NotFiniteError` before any row is computed.
+
+Symbols: Appendix "Notation and conventions", entries B1–B8 (statement, deriving chapter) and "Slack".
 """
 from __future__ import annotations
 

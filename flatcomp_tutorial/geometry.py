@@ -23,6 +23,9 @@ a ``target``. Inputs are flattened to d = prod(input_shape).
 Every Jacobian is computed for all samples at once with ``torch.func`` (``vmap`` of ``jacrev`` or ``jacfwd``,
 whichever needs fewer passes); nothing loops over samples in Python. Jacobians (or Gaussian-ball outputs) that
 are not finite although the model's outputs are raise :class:`~flatcomp_tutorial.checks.NotFiniteError`.
+
+Symbols: Appendix "Notation and conventions", entries LVR, MLS, local dimensionality, participation ratio, Gaussian
+ball.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ Tr G move, relative flatness κ and adaptive sharpness do not (chapters "Measuri
 reparametrization-invariant bounds"). The global weight scaling W_l → cW_l of a bias-free ReLU network changes
 f → c^L f and moves every scale-carrying measure by a power of c while the local dimensionality stays put
 (chapter "Local dimensionality is not controlled by sharpness").
+
+Symbols: Appendix "Notation and conventions", entry "Reparametrisation".
 """
 from __future__ import annotations
 

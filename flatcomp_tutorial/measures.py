@@ -5,6 +5,8 @@ A named measure is a function ``fn(model, measure_data) -> float | {column: floa
 fixed :func:`measurement_subset`; the definitions are those of the chapters "Measuring sharpness" and "Measuring
 compression" and of the notation appendix. Training (:func:`~flatcomp_tutorial.training.train`) and sweeps call
 :func:`resolve_measures` and :func:`measure_row`; figures call :func:`label`.
+
+Symbols: Appendix "Notation and conventions", entry "Data, mode and precision" (the measurement subset).
 """
 from __future__ import annotations
 
