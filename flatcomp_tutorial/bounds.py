@@ -24,6 +24,9 @@ Precision and overflow: float16/bfloat16 models are refused (``copy.deepcopy(mod
 Jacobians that are not finite raise :class:`~flatcomp_tutorial.checks.NotFiniteError` before any row is computed.
 
 Symbols: Appendix "Notation and conventions", entries B1–B8 (statement, deriving chapter) and "Slack".
+
+Longer than the usual ~400 lines: the table computes both sides of all eight bounds and their per-layer rows
+from shared per-layer statistics; splitting it would scatter one derivation over modules.
 """
 from __future__ import annotations
 
