@@ -8,7 +8,7 @@ samples, sum over outputs. Every bound is stated with the Gauss–Newton matrix 
 for which it holds at *any* parameters; G = H (so Tr G = Tr H) only at zero training loss. Dropping the ½ of the
 loss would double every trace. Traces come from :func:`flatcomp_tutorial.sharpness.gauss_newton_trace`.
 
-Notation: dense layers W_1, …, W_L (1-based, :func:`flatcomp_tutorial.checks.dense_layers`), h_{l−1} the input of
+Notation: dense layers W_1, …, W_L (1-based, :func:`flatcomp_tutorial.layers.dense_layers`), h_{l−1} the input of
 dense layer l, D_l = ∂f/∂z_l, MLS_l = ||∂f/∂h_{l−1}||_2, LVR_l = Π_{j≤r_l} σ_j(∂f/∂h_{l−1}), r_l = min(N, dim h_{l−1}).
 For the first layer h_0 = x (flattened input), J_x = D_1 W_1 and the lemma gives
 ||J_x||_F ≤ ||W_1||_2 ||D_1||_F, (1/n) Σ_i ||D_1(x_i)||_F² ||x_i||² = Tr G_{W_1}.
@@ -22,6 +22,11 @@ right side, never a "math domain error".
 Precision and overflow: float16/bfloat16 models are refused (``copy.deepcopy(model).float()``: their round-off,
 1e-3 to 1e-2 relative, exceeds the tolerance of ``holds`` and breaks the B8 identity); outputs, losses, traces or
 Jacobians that are not finite raise :class:`~flatcomp_tutorial.checks.NotFiniteError` before any row is computed.
+
+Symbols: Appendix "Notation and conventions", entries B1–B8 (statement, deriving chapter) and "Slack".
+
+Longer than the usual ~400 lines: the table computes both sides of all eight bounds and their per-layer rows
+from shared per-layer statistics; splitting it would scatter one derivation over modules.
 """
 from __future__ import annotations
 
@@ -34,9 +39,10 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from . import sharpness
-from .checks import (LOW_PRECISION, NotFiniteError, check_flag, check_inputs, check_targets, dense_layers,
-                     first_layer_is_dense, measurement_mode, require_finite_loss)
-from .geometry import _check_batch_size, _jacobians, _source_values, measures_from_jacobians
+from .checks import (LOW_PRECISION, NotFiniteError, check_batch_size, check_flag, check_inputs, check_targets,
+                     measurement_mode, require_finite_loss)
+from .geometry import measures_from_jacobians, point_jacobians
+from .layers import dense_layers, first_layer_is_dense, values_at, weight_key
 from .losses import mean_loss
 
 __all__ = ["bound_table", "b4_step_slacks", "nmls", "CONVENTION"]
@@ -96,8 +102,8 @@ def _layer_stats(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> l
     ∂f/∂h_{l−1} (log LVR_l, MLS_l), r_l. ``x`` already validated, inside measurement_mode."""
     stats = []
     for l, (name, lin) in enumerate(dense_layers(model), start=1):
-        h = _source_values(model, x, (l, "in"))
-        jac = _jacobians(model, x, (l, "in"), None, batch_size=batch_size)
+        h = values_at(model, x, (l, "in"))
+        jac = point_jacobians(model, x, (l, "in"), None, batch_size=batch_size)
         meas = measures_from_jacobians(jac)
         stats.append({
             "layer": l,
@@ -159,7 +165,7 @@ def _check_first_layer(model: nn.Module, x: torch.Tensor, stats: list[dict]) -> 
 
 def _first_layer_D_fro2(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> np.ndarray:
     """||D_1(x_i)||_F² = ||∂f/∂z_1||_F² per sample."""
-    d1 = _jacobians(model, x, (1, "out"), None, batch_size=batch_size)
+    d1 = point_jacobians(model, x, (1, "out"), None, batch_size=batch_size)
     return d1.double().pow(2).sum(dim=(1, 2)).cpu().numpy()
 
 
@@ -177,7 +183,7 @@ def _kappa_weight_form(model: nn.Module, x: torch.Tensor, name: str, batch_size:
     large float32 weights do not overflow; a non-finite result raises :class:`NotFiniteError`."""
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-    key = f"{name}.weight" if name else "weight"
+    key = weight_key(name)
     W = params[key]
     m, k = W.shape
 
@@ -280,7 +286,7 @@ def bound_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     """
     first_layer = check_flag(first_layer, "first_layer")
     identity_check = check_flag(identity_check, "identity_check")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     _check_precision(model, "bound_table")
     with measurement_mode(model), np.errstate(divide="ignore"):  # log 0 = -inf for dead-ReLU samples
         x = check_inputs(model, x)
@@ -381,7 +387,7 @@ def b4_step_slacks(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
     :func:`bound_table` (half precision, non-finite values, bad ``batch_size``).
     Chapter "Flatness implies compression: the bound".
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     _check_precision(model, "b4_step_slacks")
     with measurement_mode(model), np.errstate(divide="ignore"):  # log 0 = -inf for dead-ReLU samples
         x = check_inputs(model, x)
@@ -393,7 +399,7 @@ def b4_step_slacks(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
         r, w2, xn2 = s0["r"], s0["w_spec"] ** 2, s0["h_norm2"]
         traces = sharpness.gauss_newton_block_traces(model, x)
         tr1, tr_g = float(traces[s0["name"]]), float(traces["total"])
-        jac = _jacobians(model, x, (1, "in"), None, batch_size=batch_size)
+        jac = point_jacobians(model, x, (1, "in"), None, batch_size=batch_size)
         sv2 = torch.linalg.svdvals(jac.double()).pow(2).cpu().numpy()
         d_fro2 = _first_layer_D_fro2(model, x, batch_size)
         half = 0.5 * r
@@ -422,7 +428,7 @@ def nmls(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> fl
     """NMLS = (1/n) Σ_i Σ_l ||h_{l−1}(x_i)||² MLS_l(x_i)² / ||W_l||_2², the left side of B6 (≤ Σ_l Tr G_{W_l} ≤ Tr G).
     A zero weight matrix (0/0), half precision and non-finite values are refused as in :func:`bound_table`.
     Chapter "Network-wide and reparametrization-invariant bounds"."""
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     _check_precision(model, "nmls")
     with measurement_mode(model):
         x = check_inputs(model, x)

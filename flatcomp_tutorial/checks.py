@@ -82,25 +82,16 @@ def check_real(value: Any, name: str, minimum: float = 0.0, strict: bool = True)
     return float(value)
 
 
+def check_batch_size(batch_size: Any) -> int | None:
+    """``batch_size`` (samples processed at once): a positive integer (numpy integers too) or ``None`` (automatic
+    chunks); booleans and fractions are refused."""
+    return check_count(batch_size, "batch_size (samples processed at once; a positive integer, or None for "
+                                   "automatic chunks)", 1, optional=True)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------------------------
-def dense_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """The model's dense layers ``(qualified name, nn.Linear)`` in registration (= forward, for the
-    package's models) order: the layers W_1, ..., W_L of the bounds chapters."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
-def first_layer_is_dense(model: nn.Module) -> bool:
-    """True when the first parameterised module is an ``nn.Linear`` (needed by the first-layer bounds B1-B5)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return True
-        if any(True for _ in m.parameters(recurse=False)):
-            return False
-    return False
-
-
 def check_model(model: nn.Module) -> None:
     """Raise ``ValueError`` if the model's output depends on its mode, or its parameters are not finite or in half
     precision (float16/bfloat16: second derivatives and log-determinants drown in its round-off)."""

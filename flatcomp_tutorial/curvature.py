@@ -13,6 +13,8 @@ a batched product V (m, dim) ↦ C V (C = H or G, rows are vectors) that the est
 Longer than the usual ~400 lines (about 510): the exact Gauss–Newton trace (dense fast path and per-sample
 Jacobian path, the last third) works on the same validated :class:`Problem` as the products, whose internals
 (parameter split, chunks, functional forward) it uses throughout.
+
+Symbols: Appendix "Notation and conventions", entries "H = G + R" and "Tr G".
 """
 from __future__ import annotations
 

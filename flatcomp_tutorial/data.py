@@ -4,6 +4,9 @@ Every loader returns a :class:`Dataset` of torch tensors with one-hot float targ
 ``(1/n) Σ ½||f(x) − y||²`` used throughout the book) and integer ``labels``.
 
 Downloads go through :func:`fetch`, which checks every file's sha256 against ``registry.txt`` before it is used.
+
+Longer than the usual ~400 lines: the download registry with its hashes, the readers of the two real file
+formats and the offline datasets belong together (one concept: where the book's data come from, verified).
 """
 from __future__ import annotations
 

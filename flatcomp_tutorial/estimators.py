@@ -13,6 +13,8 @@ device. Pure functions over tensors (no ``nn.Module``).
 * :func:`control_variate_trace`: Tr A = Tr B (known) + Hutchinson on A − B.
 * :func:`lanczos`, :func:`gauss_quadrature`, :func:`slq`: Lanczos tridiagonals and stochastic Lanczos quadrature.
 * :func:`eigenpairs`: extreme eigenpairs by implicitly restarted Lanczos (ARPACK's ``eigsh``).
+
+Symbols: Appendix "Notation and conventions", entry "Estimators" (probes, standard errors).
 """
 from __future__ import annotations
 

@@ -15,35 +15,40 @@ instead of the log of round-off (about −60 in float32, −99 in float64 per mi
 finite, D_loc uses the non-zero σ_j (so 1 ≤ D_loc ≤ rank) and is 0 for the zero map (σ_1 = 0). ``rank`` gives the
 numerical rank per sample.
 
-Layer indexing is 1-based (the notation of the bounds chapters): the dense layers W_1, …, W_L are
-:func:`flatcomp_tutorial.checks.dense_layers` in order, ``h_{l-1}`` is the *input* of dense layer l
-(captured with a forward pre-hook, so any model containing ``nn.Linear`` layers works, e.g. a CNN whose last
-layers are dense) and ``h_L = f`` is the output. Inputs are flattened to d = prod(input_shape).
+Layer indexing (module :mod:`~flatcomp_tutorial.layers`): the dense layers W_1, …, W_L are 1-based, h_l is the
+input of dense layer l+1 (captured with a forward pre-hook, so any model containing ``nn.Linear`` layers works, e.g.
+a CNN whose last layers are dense) and h_L = f is the output; a layer index l names h_l both as a ``source`` and as
+a ``target``. Inputs are flattened to d = prod(input_shape).
 
 Every Jacobian is computed for all samples at once with ``torch.func`` (``vmap`` of ``jacrev`` or ``jacfwd``,
 whichever needs fewer passes); nothing loops over samples in Python. Jacobians (or Gaussian-ball outputs) that
 are not finite although the model's outputs are raise :class:`~flatcomp_tutorial.checks.NotFiniteError`.
+
+Symbols: Appendix "Notation and conventions", entries LVR, MLS, local dimensionality, participation ratio, Gaussian
+ball.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
-from .checks import (LOW_PRECISION, NotFiniteError, all_finite, check_count, check_inputs, check_real, dense_layers,
-                     is_integer, measurement_mode)
+from .checks import (LOW_PRECISION, NotFiniteError, all_finite, check_batch_size, check_count, check_inputs,
+                     check_real, is_integer, measurement_mode)
+from .layers import (Internal, Point, check_order, dense_layers, hooked_forward, n_dense, source_point, target_point,
+                     values_at)
 
-Point = Union[str, int]
 _CHUNK_ELEMENTS = 2**24  # Jacobian entries computed at once when batch_size is None
 
 __all__ = [
     "jacobians",
     "preactivation_jacobians",
+    "point_jacobians",
     "local_measures",
     "measures_from_jacobians",
     "gaussian_ball_measures",
@@ -54,87 +59,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------------------
-# internal: run the model from / to an internal point
+# internal
 # --------------------------------------------------------------------------------------------------------------
-# A "point" in the network is (layer index l (1-based), side) with side "in" (the input h_{l-1} of dense layer l)
-# or "out" (its output z_l, the pre-activation); ``None`` is the model input (source) or output (target).
-
-def _layers(model: nn.Module) -> list[nn.Linear]:
-    layers = [m for _, m in dense_layers(model)]
-    if not layers:
-        raise ValueError("model has no nn.Linear layer; layer-indexed measures need at least one dense layer.")
-    return layers
-
-
-def _run(model: nn.Module, x: torch.Tensor, src: tuple[int, str] | None, tgt: tuple[int, str] | None,
-         h: torch.Tensor | None = None) -> torch.Tensor:
-    """Forward ``x`` (b, *input_shape); if ``src`` is a point, replace the tensor there by ``h`` (b, m) (reshaped to
-    the tensor's shape); return the tensor at ``tgt`` (or the output) flattened to (b, m_t)."""
-    layers = _layers(model)
-    handles = []
-    captured: list[torch.Tensor] = []
-    try:
-        if src is not None:
-            l, side = src
-            if side == "in":
-                handles.append(layers[l - 1].register_forward_pre_hook(
-                    lambda mod, args: (h.reshape(args[0].shape),) + tuple(args[1:])))
-            else:
-                handles.append(layers[l - 1].register_forward_hook(lambda mod, args, out: h.reshape(out.shape)))
-        if tgt is not None:
-            l, side = tgt
-            if side == "in":
-                handles.append(layers[l - 1].register_forward_pre_hook(lambda mod, args: captured.append(args[0])))
-            else:
-                handles.append(layers[l - 1].register_forward_hook(lambda mod, args, out: captured.append(out)))
-        out = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    y = captured[-1] if tgt is not None else out
-    return y.reshape(y.shape[0], -1)
-
-
-def _source_values(model: nn.Module, x: torch.Tensor, src: tuple[int, str] | None) -> torch.Tensor:
-    """The tensor at ``src`` for every sample, flattened to (n, m_s) (``x`` flattened for the model input)."""
-    if src is None:
-        return x.reshape(x.shape[0], -1)
-    with torch.no_grad():
-        return _run(model, x, None, src)
-
-
-def _point(model: nn.Module, value: Point, role: str) -> tuple[int, str] | None:
-    """Validate a public ``source``/``target`` argument and turn it into an internal point."""
-    n_layers = len(_layers(model))
-    if role == "source":
-        if isinstance(value, str) and value == "input":
-            return None
-        if is_integer(value) and 1 <= value <= n_layers:
-            return (int(value), "in")
-        raise ValueError(f"source must be 'input' or a dense-layer index l in 1..{n_layers} (meaning h_(l-1), the "
-                         f"input of dense layer l), got {value!r}")
-    if (isinstance(value, str) and value == "output") or (is_integer(value) and value == n_layers):
-        return None
-    if is_integer(value) and 1 <= value < n_layers:
-        return (int(value) + 1, "in")
-    raise ValueError(f"target must be 'output' or a layer index l in 1..{n_layers} (meaning h_l, the input of dense "
-                     f"layer l+1; l = {n_layers} is the output), got {value!r}")
-
-
-def _order(src: tuple[int, str] | None, tgt: tuple[int, str] | None) -> None:
-    """Raise unless ``src`` lies strictly before ``tgt`` in the forward pass."""
-    rank = lambda p, default: default if p is None else 2 * p[0] + (p[1] == "out")  # noqa: E731
-    if rank(src, -1) >= rank(tgt, 10**9):
-        raise ValueError(f"source must come before target in the forward pass; got source point {src} and target "
-                         f"point {tgt} (layer, side). E.g. source=l (h_(l-1)) needs target >= l or 'output'.")
-
-
-def _check_batch_size(batch_size: int | None) -> int | None:
-    """``batch_size``: a positive integer (numpy integers too) or ``None``; booleans and fractions are refused."""
-    return check_count(batch_size, "batch_size (samples processed at once; a positive integer, or None for "
-                                   "automatic chunks)", 1, optional=True)
-
-
 def _check_mode(mode: str) -> str:
     if not isinstance(mode, str) or mode not in ("auto", "rev", "fwd"):
         raise ValueError(f"mode must be 'auto', 'rev' or 'fwd', got {mode!r}")
@@ -151,15 +77,17 @@ def _require_finite_jacobians(jac: torch.Tensor, what: str = "Jacobians") -> tor
     return jac
 
 
-def _jacobians(model: nn.Module, x: torch.Tensor, src: tuple[int, str] | None, tgt: tuple[int, str] | None,
-               batch_size: int | None = None, mode: str = "auto") -> torch.Tensor:
-    """Per-sample Jacobians (n, m_t, m_s) of the map src → tgt (no validation of the model; x already checked).
-    Raises :class:`NotFiniteError` if any entry is inf/NaN."""
-    batch_size, mode = _check_batch_size(batch_size), _check_mode(mode)
-    _order(src, tgt)
-    hs = _source_values(model, x, src)
+def point_jacobians(model: nn.Module, x: torch.Tensor, src: Internal, tgt: Internal, batch_size: int | None = None,
+                    mode: str = "auto") -> torch.Tensor:
+    """Per-sample Jacobians (n, m_t, m_s) of the map between two internal points of :mod:`~flatcomp_tutorial.layers`
+    (``(k, "in")`` = h_{k−1}, ``(k, "out")`` = z_k, None = input/output), for modules that address pre-activations
+    (the bounds); no validation of the model, ``x`` already checked. Raises :class:`NotFiniteError` if any entry is
+    inf/NaN."""
+    batch_size, mode = check_batch_size(batch_size), _check_mode(mode)
+    check_order(src, tgt)
+    hs = values_at(model, x, src)
     with torch.no_grad():
-        out_dim = _run(model, x[:1], src, tgt, hs[:1]).shape[1]
+        out_dim = hooked_forward(model, x[:1], src, tgt, hs[:1]).shape[1]
     in_dim = hs.shape[1]
     if mode == "auto":
         mode = "rev" if out_dim <= in_dim else "fwd"
@@ -167,8 +95,8 @@ def _jacobians(model: nn.Module, x: torch.Tensor, src: tuple[int, str] | None, t
 
     def single(xi: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         if src is None:
-            return _run(model, hi.reshape(xi.shape)[None], None, tgt)[0]
-        return _run(model, xi[None], src, tgt, hi[None])[0]
+            return hooked_forward(model, hi.reshape(xi.shape)[None], None, tgt)[0]
+        return hooked_forward(model, xi[None], src, tgt, hi[None])[0]
 
     batched = vmap(transform(single, argnums=1))
     n = x.shape[0]
@@ -185,18 +113,18 @@ def jacobians(model: nn.Module, x: torch.Tensor, source: Point = "input", target
               batch_size: int | None = None, mode: str = "auto") -> torch.Tensor:
     """Per-sample Jacobians ∂target/∂source, shape (n, out_dim, in_dim).
 
-    ``source``: ``"input"`` (∂/∂x, x flattened) or l ≥ 1 for h_{l-1}, the input of dense layer l (output versus an
-    internal representation, as in the network-wide bounds B6-B8). ``target``: ``"output"`` (f) or l for h_l, the
-    input of dense layer l+1 (l = L is the output). ``mode``: ``"rev"`` (one backward pass per output unit),
+    ``source``: ``"input"`` (∂/∂x, x flattened) or l in 0..L−1 for h_l, the input of dense layer l+1 (output versus
+    an internal representation, as in the network-wide bounds B6–B8). ``target``: ``"output"`` (f) or l in 0..L for
+    h_l (l = L is the output). The same index names the same point h_l in both roles. ``mode``: ``"rev"`` (one backward pass per output unit),
     ``"fwd"`` (one forward-mode pass per input unit) or ``"auto"`` (the cheaper one). ``batch_size`` bounds memory
     by processing that many samples at a time (default: as many as keep about 2^24 Jacobian entries; a positive
     integer or None). Jacobians that are not finite raise :class:`~flatcomp_tutorial.checks.NotFiniteError`.
     Chapter "Measuring compression".
     """
-    batch_size, mode = _check_batch_size(batch_size), _check_mode(mode)
+    batch_size, mode = check_batch_size(batch_size), _check_mode(mode)
     with measurement_mode(model):
         x = check_inputs(model, x)
-        return _jacobians(model, x, _point(model, source, "source"), _point(model, target, "target"),
+        return point_jacobians(model, x, source_point(model, source), target_point(model, target),
                           batch_size=batch_size, mode=mode)
 
 
@@ -205,13 +133,13 @@ def preactivation_jacobians(model: nn.Module, x: torch.Tensor, layer: int,
     """D_l(x_i) = ∂f/∂z_l, shape (n, N, m_l): the output's Jacobian with respect to the pre-activation
     z_l = W_l h_{l-1} + b_l of dense layer ``layer`` (1-based). Then ∂f/∂h_{l-1} = D_l W_l and
     ∇_{W_l} f_a = D_{l,a} h_{l-1}ᵀ (the lemma of the chapter "Flatness implies compression: the bound")."""
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     with measurement_mode(model):
         x = check_inputs(model, x)
-        n_layers = len(_layers(model))
+        n_layers = n_dense(model)
         if not is_integer(layer) or not 1 <= layer <= n_layers:
             raise ValueError(f"layer must be a dense-layer index in 1..{n_layers}, got {layer!r}")
-        return _jacobians(model, x, (int(layer), "out"), None, batch_size=batch_size)
+        return point_jacobians(model, x, (int(layer), "out"), None, batch_size=batch_size)
 
 
 def _rank_tolerance(s1: torch.Tensor | float, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor | float:
@@ -297,15 +225,15 @@ def gaussian_ball_measures(model: nn.Module, x: torch.Tensor, alpha: float, samp
     alpha = check_real(alpha, "alpha (the variance of the Gaussian ball)", 0.0)
     samples = check_count(samples, "samples (points per Gaussian ball)", 2)
     seed = check_count(seed, "seed", 0)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     with measurement_mode(model):
         x = check_inputs(model, x)
-        src, tgt = _point(model, source, "source"), _point(model, target, "target")
-        _order(src, tgt)
-        hs = _source_values(model, x, src)
+        src, tgt = source_point(model, source), target_point(model, target)
+        check_order(src, tgt)
+        hs = values_at(model, x, src)
         n, m_s = hs.shape
         with torch.no_grad():
-            m_t = _run(model, x[:1], src, tgt, hs[:1]).shape[1]
+            m_t = hooked_forward(model, x[:1], src, tgt, hs[:1]).shape[1]
         r = min(m_s, m_t)
         if samples < r + 1:
             raise ValueError(f"samples must be an integer >= r + 1 = {r + 1} (the sample covariance needs that many "
@@ -317,10 +245,10 @@ def gaussian_ball_measures(model: nn.Module, x: torch.Tensor, alpha: float, samp
         step = n * samples if batch_size is None else batch_size
         with torch.no_grad():
             if src is None:
-                outs = [_run(model, points[i:i + step].reshape((-1,) + tuple(x.shape[1:])), None, tgt)
+                outs = [hooked_forward(model, points[i:i + step].reshape((-1,) + tuple(x.shape[1:])), None, tgt)
                         for i in range(0, n * samples, step)]
             else:
-                outs = [_run(model, xs[i:i + step], src, tgt, points[i:i + step]) for i in range(0, n * samples, step)]
+                outs = [hooked_forward(model, xs[i:i + step], src, tgt, points[i:i + step]) for i in range(0, n * samples, step)]
         y = torch.cat(outs)
         if not all_finite(y):
             raise NotFiniteError(f"the outputs on the Gaussian balls (alpha={alpha:g}) are not finite (inf/NaN; "
@@ -341,16 +269,14 @@ def representations(model: nn.Module, x: torch.Tensor, layer: Point) -> torch.Te
     even where a saturating unit makes the outputs finite."""
     with measurement_mode(model):
         x = check_inputs(model, x)
-        n_layers = len(_layers(model))
-        if (isinstance(layer, str) and layer == "output") or (is_integer(layer) and layer == n_layers):
-            tgt = None
-        elif is_integer(layer) and 0 <= layer < n_layers:
-            tgt = (int(layer) + 1, "in")
-        else:
+        try:
+            tgt = target_point(model, layer)
+        except ValueError:
+            n_layers = n_dense(model)
             raise ValueError(f"layer must be 'output' or an integer in 0..{n_layers} (h_l is the input of dense layer "
-                             f"l+1; l = {n_layers} is the output), got {layer!r}")
+                             f"l+1; l = {n_layers} is the output), got {layer!r}") from None
         with torch.no_grad():
-            h = _run(model, x, None, tgt).detach()
+            h = hooked_forward(model, x, None, tgt).detach()
         if not all_finite(h):
             raise NotFiniteError(f"the representation h_{layer} is not finite (inf/NaN; overflow in {h.dtype}) at "
                                  "these weights and inputs; check the weights' scale, or use model.double().")
@@ -380,17 +306,17 @@ def participation_ratio(features: torch.Tensor | np.ndarray) -> float:
 
 def layerwise_measures(model: nn.Module, x: torch.Tensor, batch_size: int | None = None):
     """Per-layer sample means of log LVR, MLS and D_loc, as a pandas DataFrame with one row per dense layer l:
-    columns ``rep_*`` for h_l versus the input (l = L: f versus the input) and ``out_*`` for f versus h_{l-1}
+    columns ``rep_*`` for h_l versus the input (l = L: f versus the input) and ``out_*`` for f versus h_{l−1}
     (the maps of the network-wide bounds). A layer whose map has zero volume at some sample (numerical rank < r,
     see :func:`local_measures`) has mean log LVR = −inf. Chapter "Measuring compression"."""
     import pandas as pd
 
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     rows = []
     names = [name for name, _ in dense_layers(model)]
     for l, name in enumerate(names, start=1):
         rep = local_measures(model, x, "input", l, batch_size=batch_size)
-        out = local_measures(model, x, l, "output", batch_size=batch_size)
+        out = local_measures(model, x, l - 1, "output", batch_size=batch_size)
         rows.append({"layer": l, "module": name,
                      **{f"rep_{k}": float(np.mean(rep[k])) for k in ("log_lvr", "mls", "local_dim")},
                      **{f"out_{k}": float(np.mean(out[k])) for k in ("log_lvr", "mls", "local_dim")}})

@@ -6,6 +6,8 @@ Tr G move, relative flatness κ and adaptive sharpness do not (chapters "Measuri
 reparametrization-invariant bounds"). The global weight scaling W_l → cW_l of a bias-free ReLU network changes
 f → c^L f and moves every scale-carrying measure by a power of c while the local dimensionality stays put
 (chapter "Local dimensionality is not controlled by sharpness").
+
+Symbols: Appendix "Notation and conventions", entry "Reparametrisation".
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import torch
 from torch import nn
 
 from . import bounds, geometry, sharpness
+from .checks import is_integer
+from .layers import dense_layers
 from .losses import mean_loss
 
 
@@ -29,8 +33,8 @@ def rescale_layer(model: nn.Module, layer: int, c: float) -> nn.Module:
     if not c > 0:
         raise ValueError(f"c must be > 0 (ReLU is only positively homogeneous), got {c!r}")
     new = copy.deepcopy(model)
-    lins = [m for m in new.modules() if isinstance(m, nn.Linear)]
-    if not 1 <= layer < len(lins):
+    lins = [m for _, m in dense_layers(new)]
+    if not is_integer(layer) or not 1 <= layer < len(lins):
         raise ValueError(f"layer must be in 1..{len(lins) - 1} (it needs a following dense layer), got {layer!r}")
     with torch.no_grad():
         lins[layer - 1].weight.mul_(c)

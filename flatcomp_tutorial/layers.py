@@ -9,6 +9,8 @@ x (equal to h_0 for an MLP) and ``"output"`` is f = h_L.
 
 Internally a point is ``(k, side)``: the input (``"in"``) or output (``"out"``: the pre-activation z_k) of dense
 layer k; ``None`` is the model input (as a source) or output (as a target).
+
+Symbols: Appendix "Notation and conventions", entry "Symbols" (W_l, h_l, z_l).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@
   float target).
 
 The loss of a data set is the MEAN over its samples, L = (1/n) Σ_i ℓ_i.
+
+Symbols: Appendix "Notation and conventions", entries "The loss" and "Cross-entropy variant".
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ A named measure is a function ``fn(model, measure_data) -> float | {column: floa
 fixed :func:`measurement_subset`; the definitions are those of the chapters "Measuring sharpness" and "Measuring
 compression" and of the notation appendix. Training (:func:`~flatcomp_tutorial.training.train`) and sweeps call
 :func:`resolve_measures` and :func:`measure_row`; figures call :func:`label`.
+
+Symbols: Appendix "Notation and conventions", entry "Data, mode and precision" (the measurement subset).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import torch
 from torch import nn
 
 from . import bounds, geometry, sharpness
-from .checks import check_count, dense_layers, first_layer_is_dense, is_integer
+from .checks import check_count, is_integer
+from .layers import dense_layers, first_layer_is_dense
 from .data import Dataset
 
 MeasureFn = Callable[[nn.Module, Dataset], Union[float, Mapping[str, float]]]
@@ -27,7 +30,7 @@ MEASURES: dict[str, str] = {
     "trace_h": "Tr H on the measurement subset (Hutchinson, sharpness.hessian_trace, `probes` Rademacher probes, "
                "probe seed 0) -> trace_h, trace_h_stderr",
     "trace_g": "exact Tr G on the measurement subset (sharpness.gauss_newton_trace) -> trace_g and trace_g_W<l>, "
-               "Tr G_{W_l} of the weight block of dense layer l (1-based, checks.dense_layers order, "
+               "Tr G_{W_l} of the weight block of dense layer l (1-based, layers.dense_layers order, "
                "as in the bounds chapters)",
     "relative_flatness": "relative flatness κ_L of the LAST dense layer on the measurement subset "
                          "(sharpness.relative_flatness, exact, Hessian)",

@@ -19,6 +19,8 @@ Every function validates like the sharpness measures (:mod:`flatcomp_tutorial.ch
 inf/NaN at the given weights, input gradients that overflow, and random forward passes (functional dropout, noise).
 Radii (``eps``, ``eps_max``, ``step_size``) are real numbers, numpy scalars included; counts (``steps``,
 ``bisection``, ``levels``, ``k``) are integers, never booleans.
+
+Symbols: Appendix "Notation and conventions", entry MLS (the link to robustness radii).
 """
 from __future__ import annotations
 

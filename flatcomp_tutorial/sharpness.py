@@ -33,6 +33,9 @@ changes Tr H and λ_max. The relative flatness κ is unchanged for BOTH layers i
 in place of H see identity B8), and so is the adaptive sharpness S_ad. Under neuron-wise rescaling (a different
 c_s per hidden unit s: row s of W_l, b_l times c_s, column s of W_{l+1} divided by c_s) S_ad and κ_l (the layer
 whose rows are rescaled) stay invariant, but κ_{l+1} changes (verified numerically in tests/test_sharpness.py).
+
+Symbols: Appendix "Notation and conventions", entries λ_max, Tr H, Tr G, block traces, relative flatness κ_l,
+adaptive sharpness, spectral density.
 """
 from __future__ import annotations
 

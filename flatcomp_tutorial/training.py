@@ -20,6 +20,8 @@ the minibatch step (``_Stepper``: shuffling, label noise, SAM), the schedule (``
 checked, when the late phase starts and ends, which steps are checkpoints) and the checkpoints with rollback to
 the last finite state (``_Checkpoints``). They stay in this one module (over 400 lines) because nothing but
 :func:`train` uses them; only :class:`TrainConfig` and :func:`check_train_options` serve other modules too.
+
+Symbols: Appendix "Notation and conventions", entries "The loss" and "Step-size bound" (λ_max ≤ 2/η, Tr G ≤ 2B/η).
 """
 from __future__ import annotations
 

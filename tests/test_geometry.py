@@ -55,12 +55,12 @@ def test_input_jacobians_match_autograd_per_sample(activation, n_out):
     torch.testing.assert_close(got, ref, **JAC_TOL)
 
 
-def test_internal_source_jacobian_is_output_versus_input_of_dense_layer():
+def test_internal_source_jacobian_is_output_versus_h_l():
     model, x = mlp(n_out=2, depth=3), inputs(6, 5)
     pos = linear_positions(model)
-    for l in (2, 3, 4):  # source l: h_{l-1} = input of dense layer l
-        h = model[:pos[l - 1]](x).detach()
-        ref = autograd_jacobians(lambda v: model[pos[l - 1]:](v[None])[0], h)
+    for l in (1, 2, 3):  # source l: h_l = input of dense layer l+1
+        h = model[:pos[l]](x).detach()
+        ref = autograd_jacobians(lambda v: model[pos[l]:](v[None])[0], h)
         torch.testing.assert_close(geometry.jacobians(model, x, source=l), ref, **JAC_TOL)
 
 
@@ -77,7 +77,15 @@ def test_source_to_target_jacobian_between_internal_layers():
     pos = linear_positions(model)
     h1 = model[:pos[1]](x).detach()
     ref = autograd_jacobians(lambda v: model[pos[1]:pos[3]](v[None])[0], h1)  # h_1 -> h_3
-    torch.testing.assert_close(geometry.jacobians(model, x, source=2, target=3), ref, **JAC_TOL)
+    torch.testing.assert_close(geometry.jacobians(model, x, source=1, target=3), ref, **JAC_TOL)
+
+
+def test_a_layer_index_names_the_same_point_as_source_and_as_target():
+    """h_0 -> h_2 composed with h_2 -> output is h_0 -> output: index 2 is the same point h_2 in both roles."""
+    model, x = mlp(n_out=2, depth=3), inputs(4, 5)
+    first = geometry.jacobians(model, x, source=0, target=2)
+    second = geometry.jacobians(model, x, source=2)
+    torch.testing.assert_close(second @ first, geometry.jacobians(model, x, source=0), **JAC_TOL)
 
 
 def test_cnn_jacobians_match_autograd_and_modes_agree():
@@ -88,7 +96,7 @@ def test_cnn_jacobians_match_autograd_and_modes_agree():
     # output versus the input of the first dense layer of the CNN (flattened conv features)
     feats = model[:7](x).detach()
     ref = autograd_jacobians(lambda v: model[7:](v[None])[0], feats)
-    torch.testing.assert_close(geometry.jacobians(model, x, source=1), ref, **JAC_TOL)
+    torch.testing.assert_close(geometry.jacobians(model, x, source=0), ref, **JAC_TOL)
 
 
 def test_batch_size_chunks_do_not_change_jacobians():
@@ -99,7 +107,7 @@ def test_batch_size_chunks_do_not_change_jacobians():
                                rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("source,target", [(3, 1), (2, 1), (0, "output"), (5, "output"), ("input", 0),
+@pytest.mark.parametrize("source,target", [(3, 1), (2, 1), (1, 1), (-1, "output"), (5, "output"), ("input", -1),
                                            ("input", 4), (True, "output"), ("hidden", "output")])
 def test_invalid_source_or_target_raises_value_error(source, target):
     with pytest.raises(ValueError, match="source|target"):
@@ -158,8 +166,8 @@ def test_gaussian_ball_estimates_converge_to_exact_measures_as_alpha_shrinks():
 
 def test_gaussian_ball_on_internal_map_matches_exact():
     model, x = mlp(n_out=2, width=6, seed=4), inputs(2, 5, seed=2)
-    exact = geometry.local_measures(model, x, source=2, target="output")
-    est = geometry.gaussian_ball_measures(model, x, alpha=1e-8, samples=40000, source=2)
+    exact = geometry.local_measures(model, x, source=1, target="output")
+    est = geometry.gaussian_ball_measures(model, x, alpha=1e-8, samples=40000, source=1)
     np.testing.assert_allclose(est["mls"], exact["mls"], rtol=0.03)
     np.testing.assert_allclose(est["local_dim"], exact["local_dim"], rtol=0.03)
 
@@ -208,14 +216,14 @@ def test_layerwise_measures_agree_with_local_measures():
     assert list(table["layer"]) == [1, 2]
     assert table.loc[0, "rep_mls"] == pytest.approx(np.mean(geometry.local_measures(model, x, target=1)["mls"]))
     assert table.loc[1, "out_local_dim"] == pytest.approx(
-        np.mean(geometry.local_measures(model, x, source=2)["local_dim"]))
+        np.mean(geometry.local_measures(model, x, source=1)["local_dim"]))
 
 
 def test_preactivation_jacobian_times_weight_is_jacobian_of_layer_input():
     model, x = mlp(n_out=2, depth=2), inputs(5, 5)
     for l, lin in enumerate([model[i] for i in linear_positions(model)], start=1):
         d = geometry.preactivation_jacobians(model, x, l)
-        torch.testing.assert_close(d @ lin.weight, geometry.jacobians(model, x, source=l), **JAC_TOL)
+        torch.testing.assert_close(d @ lin.weight, geometry.jacobians(model, x, source=l - 1), **JAC_TOL)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -238,7 +246,7 @@ def test_train_and_eval_flags_are_restored():
     model.train()
     model[2].eval()  # BatchNorm frozen, the rest in train mode
     flags = [m.training for m in model.modules()]
-    geometry.local_measures(model, inputs(3, 5), source=2)
+    geometry.local_measures(model, inputs(3, 5), source=1)
     geometry.gaussian_ball_measures(model, inputs(2, 5), alpha=1e-4, samples=10)
     assert [m.training for m in model.modules()] == flags
 

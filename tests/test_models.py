@@ -6,7 +6,7 @@ from torch import nn
 
 import flatcomp_tutorial as fc
 from flatcomp_tutorial import sharpness
-from flatcomp_tutorial.checks import dense_layers
+from flatcomp_tutorial.layers import dense_layers
 
 
 

@@ -3,7 +3,7 @@ configuration of one run."""
 import pytest
 
 import flatcomp_tutorial as fc
-from flatcomp_tutorial.checks import dense_layers
+from flatcomp_tutorial.layers import dense_layers
 from flatcomp_tutorial.presets import grid_configs, preset, preset_spec, resolve_config
 
 

@@ -219,7 +219,7 @@ def test_named_measures_add_their_columns_at_every_checkpoint(measured):
             "slack_B4", "slack_B6", "slack_B8"}
     assert cols <= set(h.columns) and list(h.step) == [0, 4, 8]
     assert h[sorted(cols)].notna().all().all() and measured.history.attrs["measure_errors"] == {}
-    assert (h.bounds_hold == 1).all()  # every bound holds at any parameters (with G), THEORY §4
+    assert (h.bounds_hold == 1).all()  # every bound holds at any parameters (with G): appendix "Notation and conventions", B1-B8
     assert set(h.attrs["measures"]) >= {"lambda_max", "local"} and "seeded" in h.attrs["measure_data"]
 
 
