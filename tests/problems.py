@@ -223,6 +223,32 @@ def exact_linear_radius(model: nn.Sequential, x: torch.Tensor, labels: torch.Ten
     return np.array(r)
 
 
+# ------------------------------------------------------------------------------------------------ dense matrices
+def symmetric(dim: int = 30, seed: int = 0) -> torch.Tensor:
+    """A random symmetric (indefinite) float64 matrix."""
+    B = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return (B + B.T) / 2
+
+
+def psd(dim: int = 30, rank: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A random positive semi-definite float64 matrix B Bᵀ of the given rank (full by default)."""
+    B = torch.randn(dim, rank or dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return B @ B.T
+
+
+def with_spectrum(values, seed: int = 0) -> torch.Tensor:
+    """Q diag(values) Qᵀ for a random orthogonal Q."""
+    values = torch.as_tensor(values, dtype=F64)
+    Q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
+                                       dtype=F64))
+    return (Q * values) @ Q.T
+
+
+def matmat(A: torch.Tensor):
+    """The product the estimators see: V ↦ V @ A (rows A vᵢ for symmetric A)."""
+    return lambda V: V @ A
+
+
 def close(a, b, rtol: float = 1e-8, atol: float = 1e-10) -> bool:
     """``np.allclose`` of two float arrays/scalars/tensors (relative 1e-8 by default: the exactness tolerance)."""
     return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=rtol, atol=atol)

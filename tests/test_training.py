@@ -6,6 +6,7 @@ import inspect
 import math
 from pathlib import Path
 
+import problems
 import pytest
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ import flatcomp_tutorial.training  # noqa: F401
 
 @pytest.fixture(scope="module")
 def small_digits():
-    return fc.load_dataset("digits", classes=(0, 1), n_train=64, n_test=32)
+    return problems.small_digits()
 
 
 def test_same_seed_gives_same_initial_weights():
