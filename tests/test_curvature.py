@@ -21,7 +21,6 @@ from torch import nn
 from flatcomp_tutorial import curvature as C
 from flatcomp_tutorial import sharpness as S
 from flatcomp_tutorial.checks import measurement_mode
-from flatcomp_tutorial.models import make_model
 
 
 mlp = partial(problems.mlp, d=4)  # this file's networks take 4 inputs
@@ -100,9 +99,9 @@ def test_hvp_is_symmetric_bilinear(seed):
 
 
 def test_computation_stays_in_the_model_dtype():
-    model = make_model("mlp", (4,), 2, width=5, depth=1)
-    x = torch.randn(6, 4, dtype=torch.float64)  # converted to the model's float32
-    y = torch.randn(6, 2)
+    model = mlp(n_out=2, width=5, depth=1, dtype=torch.float32)
+    x = problems.inputs(6, 4)  # float64, converted to the model's float32
+    y = problems.inputs(6, 2, seed=1).float()
     assert C.hvp(model, x, y, torch.ones(sum(p.numel() for p in model.parameters()))).dtype == torch.float32
 
 
