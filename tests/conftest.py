@@ -11,3 +11,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def cnn():
+    """The small LeNet with its dense Hessian and Jacobian (``problems.dense_cnn``), computed once per session:
+    ``(model, x, y, H, J)``."""
+    from problems import dense_cnn
+    return dense_cnn()

@@ -1,6 +1,5 @@
 """The book as readers and CI use it: table of contents, Colab badges, parameters cells, stored outputs,
 papermill overrides, and the failure mechanism (a broken cell fails both the main job and nbval)."""
-import json
 import os
 import subprocess
 import sys

@@ -1,33 +1,25 @@
 """Specification of flatcomp_tutorial.bounds (chapters "Flatness implies compression: the bound" and "Network-wide
 and reparametrization-invariant bounds"): both sides of B1-B7, the B8 identity, B4's step slacks, zero volume
 (log LVR = −inf), the G = H tolerance and the clear errors. Everything in float64 unless a test says otherwise;
-`holds` uses relative tolerance 1e-9, identities 1e-8."""
+`holds` uses relative tolerance 1e-9, identities 1e-8. The validation every measure shares (NaN inputs, half
+precision, BatchNorm, overflowing outputs, restored flags) is in tests/test_contract.py."""
 from __future__ import annotations
 
 import math
 import random
+from functools import partial
 
 import numpy as np
+import problems
 import pytest
 import torch
+from problems import F64, autograd_jacobians, digit_inputs, inputs, lenet, narrow_digits_mlp
 from torch import nn
 
 from flatcomp_tutorial import bounds, geometry, sharpness
-from flatcomp_tutorial.checks import NotFiniteError
-from flatcomp_tutorial.models import make_model
 
-F64 = torch.float64
 FIRST_LAYER = ["B1", "B2", "B3", "B4", "B5"]
-
-
-
-
-def mlp(n_out=2, width=6, depth=2, activation="tanh", d=5, seed=0, **kw):
-    return make_model("mlp", (d,), n_out, width=width, depth=depth, activation=activation, seed=seed, dtype=F64, **kw)
-
-
-def inputs(n, *shape, seed=0):
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+mlp = partial(problems.mlp, n_out=2)  # this file's networks have 2 outputs unless a test says otherwise
 
 
 def random_cases(count=60):
@@ -75,7 +67,7 @@ def test_bounds_hold_with_gauss_newton_off_interpolation_and_loss_is_reported():
 
 def test_first_layer_bound_sides_match_a_direct_computation():
     model, x = mlp(n_out=3, width=7, seed=8), inputs(9, 5, seed=3)
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xi) for xi in x]).numpy()
+    jac = autograd_jacobians(lambda v: model(v[None])[0], x).numpy()
     sv = np.linalg.svd(jac, compute_uv=False)
     w1 = np.linalg.norm(model[1].weight.detach().numpy(), 2)
     per_sample_grad2 = []  # ||∇_{W_1} f(x_i)||_F², one autograd call per output unit
@@ -201,19 +193,15 @@ def test_nmls_is_the_b6_left_side():
 
 # ------------------------------------------------------------------------------------------------ CNN and errors
 
-def cnn():
-    return make_model("lenet", (1, 8, 8), 2, channels=(2, 3), width=8, seed=0, dtype=F64)
-
-
 def test_cnn_first_layer_bounds_raise_a_clear_error():
     with pytest.raises(ValueError, match="first_layer=False"):
-        bounds.bound_table(cnn(), inputs(4, 1, 8, 8))
+        bounds.bound_table(lenet(), inputs(4, 1, 8, 8))
     with pytest.raises(ValueError, match="dense"):
-        bounds.b4_step_slacks(cnn(), inputs(4, 1, 8, 8))
+        bounds.b4_step_slacks(lenet(), inputs(4, 1, 8, 8))
 
 
 def test_cnn_network_wide_bounds_hold_over_its_dense_layers():
-    table = bounds.bound_table(cnn(), inputs(6, 1, 8, 8), first_layer=False)
+    table = bounds.bound_table(lenet(), inputs(6, 1, 8, 8), first_layer=False)
     assert not set(FIRST_LAYER) & set(table["name"])
     assert {"B6", "B7", "B8", "B8 identity"} <= set(table["name"])
     assert table["holds"].all()
@@ -232,31 +220,6 @@ def test_zero_input_sample_raises_for_first_layer_bounds():
     x[2] = 0.0
     with pytest.raises(ValueError, match=r"\|\|x_i\|\| = 0"):
         bounds.bound_table(mlp(), x)
-
-
-def test_nan_inputs_raise_value_error():
-    x = inputs(4, 5)
-    x[0, 0] = float("inf")
-    with pytest.raises(ValueError, match="NaN or inf"):
-        bounds.bound_table(mlp(), x)
-
-
-def test_batchnorm_in_train_mode_raises_value_error():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
-    with pytest.raises(ValueError, match="BatchNorm"):
-        bounds.bound_table(model, inputs(4, 5))
-    with pytest.raises(ValueError, match="BatchNorm"):
-        bounds.nmls(model, inputs(4, 5))
-
-
-def test_train_and_eval_flags_are_restored():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
-    model.train()
-    model[2].eval()
-    flags = [m.training for m in model.modules()]
-    bounds.bound_table(model, inputs(6, 5))
-    bounds.b4_step_slacks(model, inputs(6, 5))
-    assert [m.training for m in model.modules()] == flags
 
 
 def test_dense_layer_applied_along_extra_axes_raises_weight_sharing_error():
@@ -279,15 +242,6 @@ def test_targets_of_the_wrong_shape_raise_value_error():
 
 
 # ------------------------------------------------------------------------------------------------ zero volume
-
-def narrow_digits_mlp(dtype=F64, seed=0):
-    """10-class digits-shaped MLP with a width-8 hidden layer: rank J_x ≤ 8 < r = 10, zero volume."""
-    return make_model("mlp", (64,), 10, width=8, depth=1, activation="tanh", seed=seed, dtype=dtype)
-
-
-def digit_inputs(n, dtype=F64, seed=0):
-    return torch.randn(n, 64, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype)
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_zero_volume_log_form_bounds_hold_trivially_with_infinite_slack(dtype):
@@ -368,24 +322,7 @@ def test_g_equals_h_tolerance_scales_with_float32_eps():
     assert bounds.bound_table(model, x, y=y + 1e-2).attrs["G_equals_H"] is False
 
 
-# ------------------------------------------------------------------------------------------------ precision, overflow
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("fn", ["bound_table", "b4_step_slacks", "nmls"])
-def test_half_precision_models_are_refused_with_a_float32_suggestion(fn, dtype):
-    model = mlp().to(dtype)
-    with pytest.raises(ValueError, match=r"float32 copy: copy\.deepcopy\(model\)\.float\(\)"):
-        getattr(bounds, fn)(model, inputs(6, 5).to(dtype))
-
-
-def test_overflowing_outputs_raise_not_finite_error_before_computing():
-    model = mlp(activation="relu").float()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1e20)  # outputs ~1e60: inf/NaN in float32
-    with pytest.raises(NotFiniteError, match="not finite"):
-        bounds.bound_table(model, inputs(4, 5).float())
-
+# ------------------------------------------------------------------------------------------------ zero weights
 
 def test_zero_weight_matrix_raises_instead_of_nan():
     model = mlp(depth=2)

@@ -1,8 +1,10 @@
 """Specification of flatcomp_tutorial.checks: the validation every measure runs before it computes anything."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from problems import RandomForward, inputs, mlp, overflowing
 from torch import nn
 
 from flatcomp_tutorial.checks import (NotFiniteError, all_finite, check_count, check_forward, check_inputs,
@@ -62,43 +64,25 @@ def test_check_real_non_strict_accepts_the_minimum():
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _mlp(dtype=torch.float64):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+_mlp = partial(mlp, 4, 3, width=8, depth=1)  # 4 → 8 → 3, tanh
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_models_are_refused_with_the_float32_advice(dtype):
     with pytest.raises(ValueError, match=rf"{dtype}; the measures need float32 or float64.*\.float\(\)"):
-        check_model(_mlp(dtype))
+        check_model(_mlp(dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_single_and_double_precision_models_pass(dtype):
-    check_model(_mlp(dtype))
-
-
-class _Random(nn.Module):
-    """Randomness no module check can see: functional dropout that stays on in eval mode, or injected noise."""
-
-    def __init__(self, kind: str):
-        super().__init__()
-        self.kind, self.a, self.b = kind, nn.Linear(4, 8), nn.Linear(8, 3)
-
-    def forward(self, x):
-        h = torch.tanh(self.a(x))
-        if self.kind == "dropout":
-            h = F.dropout(h, 0.5, training=True)
-        else:
-            h = h + 1e-3 * torch.rand_like(h)
-        return self.b(h)
+    check_model(_mlp(dtype=dtype))
 
 
 @pytest.mark.parametrize("kind", ["dropout", "noise"])
 def test_measurement_mode_with_checked_inputs_refuses_a_random_forward_pass(kind):
     torch.manual_seed(0)
-    model = _Random(kind).double().eval()
-    x = torch.randn(10, 4, dtype=torch.float64)
+    model = RandomForward(kind).double().eval()
+    x = inputs(10, 4)
     check_model(model)  # nothing for the module check to see
     with pytest.raises(ValueError, match="two forward passes on the same inputs differ"):
         with measurement_mode(model):
@@ -109,18 +93,14 @@ def test_a_deterministic_model_passes_the_forward_check_and_costs_few_evaluation
     model = _mlp()
     seen = []
     model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    check_forward(model, torch.randn(10, 4, dtype=torch.float64))
+    check_forward(model, inputs(10, 4))
     assert seen == [4, 4, 6]  # a few inputs twice, then the rest once
 
 
 def test_overflowing_outputs_raise_a_not_finite_error_that_is_a_value_error():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1e20)  # finite weights, outputs ~1e40: inf in float32
+    model = overflowing("outputs", d=4)  # finite weights, outputs ~1e60: inf in float32
     with pytest.raises(NotFiniteError, match=r"not finite \(inf/NaN\) at these weights \(overflow"):
-        check_inputs(model, torch.randn(6, 4))
+        check_inputs(model, inputs(6, 4).float())
     assert issubclass(NotFiniteError, ValueError)
 
 

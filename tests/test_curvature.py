@@ -3,104 +3,27 @@ float64 reference.
 
 Conventions: L = (1/n) Σ_i ½ ||f(x_i) − y_i||² (MSE) or mean cross-entropy; parameters flattened in
 ``model.parameters()`` order. Dense references use ``torch.func.hessian`` / ``torch.autograd.functional.jacobian``
-on tiny networks (P of a few hundred); tests/test_sharpness.py imports them from here. Exactness tolerances are
-relative 1e-8 unless stated.
+on tiny networks (P of a few hundred), from tests/problems.py (the ``cnn`` fixture is in tests/conftest.py).
+Exactness tolerances are relative 1e-8 unless stated.
 """
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
+
+import problems
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from problems import class_labels, close, dense_gauss_newton, dense_hessian, flat_params, param_slice, seeded_data
 from torch import nn
-from torch.func import functional_call
 
 from flatcomp_tutorial import curvature as C
 from flatcomp_tutorial import sharpness as S
 from flatcomp_tutorial.checks import measurement_mode
-from flatcomp_tutorial.models import make_model
-
-RTOL = 1e-8
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def mlp(d=4, n_out=3, width=6, depth=2, activation="tanh", seed=0):
-    return make_model("mlp", (d,), n_out, width=width, depth=depth, activation=activation, seed=seed).double()
-
-
-def lenet():
-    return make_model("lenet", (1, 8, 8), 2, channels=(2, 3), width=8, seed=1).double()
-
-
-def seeded_data(model, shape, n=12, seed=0, n_out=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    n_out = n_out if n_out is not None else model(x[:1]).shape[1]
-    y = torch.randn(n, n_out, generator=g, dtype=torch.float64)
-    return x, y
-
-
-def flat_params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def unflat_params(model, theta):
-    out, i = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = theta[i:i + p.numel()].reshape(p.shape)
-        i += p.numel()
-    return out
-
-
-def loss_fn(model, x, y, loss="mse"):
-    def L(theta):
-        out = functional_call(model, unflat_params(model, theta), (x,))
-        if loss == "mse":
-            return 0.5 * ((out - y) ** 2).sum() / x.shape[0]
-        labels = y if y.dim() == 1 else y.argmax(1)
-        return nn.functional.cross_entropy(out, labels)
-    return L
-
-
-def dense_hessian(model, x, y, loss="mse"):
-    return torch.func.hessian(loss_fn(model, x, y, loss))(flat_params(model))
-
-
-def dense_jacobian(model, x):
-    """J[i, a, p] = ∂f_a(x_i)/∂θ_p."""
-    return torch.autograd.functional.jacobian(lambda t: functional_call(model, unflat_params(model, t), (x,)),
-                                              flat_params(model), vectorize=True)
-
-
-def dense_gauss_newton(model, x, loss="mse", J=None):
-    J = dense_jacobian(model, x) if J is None else J
-    if loss == "mse":
-        return torch.einsum("iap,iaq->pq", J, J) / x.shape[0]
-    s = model(x).detach().softmax(-1)
-    lam = torch.diag_embed(s) - s[:, :, None] * s[:, None, :]
-    return torch.einsum("iap,iab,ibq->pq", J, lam, J) / x.shape[0]
-
-
-def param_slice(model, name):
-    i = 0
-    for k, p in model.named_parameters():
-        if k == name:
-            return slice(i, i + p.numel())
-        i += p.numel()
-    raise KeyError(name)
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    """The small LeNet with its dense Hessian and Jacobian, computed once for the module."""
-    model = lenet()
-    x, y = seeded_data(model, (1, 8, 8), n=6)
-    return model, x, y, dense_hessian(model, x, y), dense_jacobian(model, x)
-
-
-def close(a, b, rtol=RTOL, atol=1e-10):
-    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=rtol, atol=atol)
+mlp = partial(problems.mlp, d=4)  # this file's networks take 4 inputs
 
 
 # ------------------------------------------------------------------------------------------------ hvp / ggnvp
@@ -117,7 +40,7 @@ def test_hvp_equals_dense_hessian_times_v(activation, n_out, width):
 def test_cross_entropy_hvp_equals_dense_hessian(onehot):
     model = mlp(n_out=3)
     x, _ = seeded_data(model, (4,))
-    labels = torch.arange(12) % 3
+    labels = class_labels(12, 3)
     y = nn.functional.one_hot(labels, 3).double() if onehot else labels
     H = dense_hessian(model, x, labels, "cross_entropy")
     v = torch.randn(H.shape[0], dtype=torch.float64)
@@ -176,9 +99,9 @@ def test_hvp_is_symmetric_bilinear(seed):
 
 
 def test_computation_stays_in_the_model_dtype():
-    model = make_model("mlp", (4,), 2, width=5, depth=1)
-    x = torch.randn(6, 4, dtype=torch.float64)  # converted to the model's float32
-    y = torch.randn(6, 2)
+    model = mlp(n_out=2, width=5, depth=1, dtype=torch.float32)
+    x = problems.inputs(6, 4)  # float64, converted to the model's float32
+    y = problems.inputs(6, 2, seed=1).float()
     assert C.hvp(model, x, y, torch.ones(sum(p.numel() for p in model.parameters()))).dtype == torch.float32
 
 
@@ -199,7 +122,7 @@ def test_sharpness_re_exports_the_products():
 def test_hessian_operator_multiplies_every_row_by_the_dense_hessian(loss):
     model = mlp(activation="gelu")
     x, y = seeded_data(model, (4,))
-    y = y if loss == "mse" else torch.arange(12) % 3
+    y = y if loss == "mse" else class_labels(12, 3)
     H = dense_hessian(model, x, y, loss)
     op = C.hessian_operator(model, x, y, loss=loss)
     V = torch.randn(4, H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -6,41 +6,18 @@ tolerances are relative 1e-10 unless stated; stochastic estimates must lie withi
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
+import problems
 import pytest
 import torch
+from problems import F64, matmat, psd, symmetric, with_spectrum
 
 from flatcomp_tutorial import estimators as E
 
-F64 = torch.float64
 
-
-def symmetric(dim: int = 30, seed: int = 0) -> torch.Tensor:
-    """A random symmetric (indefinite) float64 matrix."""
-    B = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    return (B + B.T) / 2
-
-
-def psd(dim: int = 30, rank: int | None = None, seed: int = 0) -> torch.Tensor:
-    """A random positive semi-definite float64 matrix B Bᵀ of the given rank (full by default)."""
-    B = torch.randn(dim, rank or dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    return B @ B.T
-
-
-def with_spectrum(values, seed: int = 0) -> torch.Tensor:
-    """Q diag(values) Qᵀ for a random orthogonal Q."""
-    values = torch.as_tensor(values, dtype=F64)
-    Q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=torch.Generator().manual_seed(seed),
-                                       dtype=F64))
-    return (Q * values) @ Q.T
-
-
-def matmat(A: torch.Tensor):
-    return lambda V: V @ A
-
-
-def close(a, b, rtol=1e-10, atol=1e-12):
-    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=rtol, atol=atol)
+close = partial(problems.close, rtol=1e-10, atol=1e-12)  # exact linear algebra: tighter than the networks' 1e-8
 
 
 # ------------------------------------------------------------------------------------------------ building blocks

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from problems import inputs, mlp  # noqa: E402
 
 import flatcomp_tutorial as fc  # noqa: E402
 from flatcomp_tutorial import figures  # noqa: E402
@@ -47,7 +48,7 @@ def test_plot_trace_convergence_and_spectral_density():
 
 
 def test_plot_local_ellipse_titles_show_singular_values():
-    toy = fc.make_model("mlp", (2,), 2, width=4, depth=1, activation="tanh", seed=0, dtype=torch.float64)
+    toy = mlp(2, 2, width=4, depth=1)
     x0 = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
     s = fc.geometry.local_measures(toy, x0)["singular_values"][0]
     fig = figures.plot_local_ellipse(fc.geometry.local_ellipse(toy, x0, radius=0.1, n_points=50))
@@ -65,8 +66,7 @@ def test_plot_ball_convergence_one_log_log_panel_per_measure():
 
 
 def test_plot_layer_profiles_and_histograms():
-    model = fc.make_model("mlp", (4,), 3, width=5, depth=2, activation="tanh", seed=0)
-    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    model, x = mlp(4, 3, width=5), inputs(10, 4)
     fig = figures.plot_layer_profiles({"a": fc.geometry.layerwise_measures(model, x)})
     assert len(fig.axes) == 3 and all(ax.get_xlabel() == "dense layer l" for ax in fig.axes)
     plt.close(fig)

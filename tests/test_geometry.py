@@ -1,7 +1,8 @@
 """Specification of flatcomp_tutorial.geometry (chapter "Measuring compression"): Jacobians, local measures,
 Gaussian-ball estimates, numerical rank (zero volume), global participation ratio, argument and overflow errors.
 Exact claims are checked in float64 with the tolerance stated in each test; no float is compared bit-exactly
-except the promised special values −inf and 0 of a zero-volume map."""
+except the promised special values −inf and 0 of a zero-volume map. The validation every measure shares (NaN inputs,
+half precision, BatchNorm, overflowing outputs, restored flags) is in tests/test_contract.py."""
 from __future__ import annotations
 
 import math
@@ -10,38 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from problems import F64, autograd_jacobians, digit_inputs, inputs, lenet, linear_positions, mlp, narrow_digits_mlp
 from torch import nn
 
 from flatcomp_tutorial import geometry, measures
 from flatcomp_tutorial.checks import NotFiniteError
-from flatcomp_tutorial.models import make_model
 
-F64 = torch.float64
 # Two autograd paths computing the same float64 Jacobian agree to a few ulp; 1e-10 relative (plus 1e-12 absolute
 # for entries near 0) is far above that on any CPU and far below any real error.
 JAC_TOL = dict(rtol=1e-10, atol=1e-12)
-
-
-def mlp(n_out=3, width=6, depth=2, activation="tanh", d=5, seed=0, **kw):
-    return make_model("mlp", (d,), n_out, width=width, depth=depth, activation=activation, seed=seed, dtype=F64, **kw)
-
-
-def cnn(seed=0):
-    return make_model("lenet", (1, 8, 8), 2, channels=(2, 3), width=8, seed=seed, dtype=F64)
-
-
-def inputs(n, *shape, seed=0):
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def linear_positions(model: nn.Sequential) -> list[int]:
-    """Index in the Sequential of each dense layer (reference slicing, independent of the hooks)."""
-    return [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
-
-
-def autograd_jacobians(fn, inputs_flat: torch.Tensor) -> torch.Tensor:
-    """Reference: one torch.autograd.functional.jacobian per sample."""
-    return torch.stack([torch.autograd.functional.jacobian(fn, v) for v in inputs_flat])
 
 
 # ------------------------------------------------------------------------------------------------ Jacobians
@@ -89,7 +67,7 @@ def test_a_layer_index_names_the_same_point_as_source_and_as_target():
 
 
 def test_cnn_jacobians_match_autograd_and_modes_agree():
-    model, x = cnn(), inputs(3, 1, 8, 8)
+    model, x = lenet(), inputs(3, 1, 8, 8)
     ref = autograd_jacobians(lambda v: model(v.reshape(1, 1, 8, 8))[0], x.reshape(3, -1))
     for mode in ("rev", "fwd", "auto"):
         torch.testing.assert_close(geometry.jacobians(model, x, mode=mode), ref, **JAC_TOL)
@@ -211,7 +189,7 @@ def test_representations_are_inputs_of_dense_layers_and_output():
 
 
 def test_layerwise_measures_agree_with_local_measures():
-    model, x = cnn(), inputs(4, 1, 8, 8)
+    model, x = lenet(), inputs(4, 1, 8, 8)
     table = geometry.layerwise_measures(model, x)
     assert list(table["layer"]) == [1, 2]
     assert table.loc[0, "rep_mls"] == pytest.approx(np.mean(geometry.local_measures(model, x, target=1)["mls"]))
@@ -226,41 +204,7 @@ def test_preactivation_jacobian_times_weight_is_jacobian_of_layer_input():
         torch.testing.assert_close(d @ lin.weight, geometry.jacobians(model, x, source=l - 1), **JAC_TOL)
 
 
-# ------------------------------------------------------------------------------------------------ validation
-
-def test_nan_inputs_raise_value_error():
-    x = inputs(3, 5)
-    x[1, 2] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        geometry.local_measures(mlp(), x)
-
-
-def test_batchnorm_in_train_mode_raises_value_error():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
-    with pytest.raises(ValueError, match="BatchNorm"):
-        geometry.jacobians(model, inputs(3, 5))
-
-
-def test_train_and_eval_flags_are_restored():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).to(F64)
-    model.train()
-    model[2].eval()  # BatchNorm frozen, the rest in train mode
-    flags = [m.training for m in model.modules()]
-    geometry.local_measures(model, inputs(3, 5), source=1)
-    geometry.gaussian_ball_measures(model, inputs(2, 5), alpha=1e-4, samples=10)
-    assert [m.training for m in model.modules()] == flags
-
-
 # ------------------------------------------------------------------------------------------------ zero volume
-
-def narrow_digits_mlp(dtype, seed=0):
-    """A 10-class digits-shaped MLP whose hidden layer (width 8) is narrower than the output: rank J_x ≤ 8 < 10."""
-    return make_model("mlp", (64,), 10, width=8, depth=1, activation="tanh", seed=seed, dtype=dtype)
-
-
-def digit_inputs(n, dtype, seed=0):
-    return torch.randn(n, 64, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype)
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hidden_layer_narrower_than_output_has_log_lvr_minus_inf(dtype):
@@ -418,22 +362,6 @@ def test_invalid_jacobian_mode_raises_value_error():
 
 # ------------------------------------------------------------------------------------------------ overflow
 
-def overflowing_relu_mlp():
-    model = make_model("mlp", (5,), 2, width=6, depth=2, activation="relu", seed=0, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1e20)  # finite weights, outputs ~1e60: inf/NaN in float32
-    return model
-
-
-@pytest.mark.parametrize("call", [lambda m, x: geometry.local_measures(m, x),
-                                  lambda m, x: geometry.gaussian_ball_measures(m, x, alpha=1e-3, samples=10)],
-                         ids=["local_measures", "gaussian_ball_measures"])
-def test_overflowing_outputs_raise_not_finite_error(call):
-    with pytest.raises(NotFiniteError, match="not finite"):
-        call(overflowing_relu_mlp(), torch.randn(3, 5))
-
-
 class Sqrt(nn.Module):
     def forward(self, h):
         return torch.sqrt(h)
@@ -481,9 +409,3 @@ def test_participation_ratio_refuses_features_constant_up_to_round_off():
 def test_measures_from_half_precision_jacobians_are_refused(dtype):
     with pytest.raises(ValueError, match=r"float32 copy"):
         geometry.measures_from_jacobians(torch.eye(3, dtype=dtype)[None])
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_models_are_refused_by_local_measures(dtype):
-    with pytest.raises(ValueError, match=r"\.float\(\)"):
-        geometry.local_measures(mlp().to(dtype), inputs(3, 5).to(dtype))

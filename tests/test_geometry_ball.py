@@ -3,19 +3,18 @@ Gaussian-ball convergence table and the local ellipse (the image of a small disc
 import numpy as np
 import pytest
 import torch
+from problems import inputs, mlp
 
-import flatcomp_tutorial as fc
 from flatcomp_tutorial import geometry
 
 
 @pytest.fixture(scope="module")
 def toy():
-    return fc.make_model("mlp", (2,), 2, width=4, depth=1, activation="tanh", seed=0, dtype=torch.float64)
+    return mlp(2, 2, width=4, depth=1)
 
 
 def test_ball_convergence_table_small_alpha_is_accurate():
-    model = fc.make_model("mlp", (3,), 2, width=5, depth=1, activation="tanh", seed=0, dtype=torch.float64)
-    x = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model, x = mlp(3, 2, width=5, depth=1), inputs(3, 3)
     table = geometry.ball_convergence_table(model, x, alphas=[1e-6, 1.0], samples=(4000,), seed=0)
     assert list(table.columns) == ["alpha", "samples", "lvr", "mls", "local_dim"]
     small, large = table.iloc[0], table.iloc[1]
@@ -23,8 +22,7 @@ def test_ball_convergence_table_small_alpha_is_accurate():
 
 
 def test_ball_convergence_table_has_one_row_per_alpha_and_sample_count():
-    model = fc.make_model("mlp", (3,), 2, width=5, depth=1, activation="tanh", seed=0, dtype=torch.float64)
-    x = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model, x = mlp(3, 2, width=5, depth=1), inputs(2, 3)
     table = geometry.ball_convergence_table(model, x, alphas=[1e-4, 1e-2], samples=(50, 100), seed=0)
     assert list(zip(table["samples"], table["alpha"])) == [(50, 1e-4), (50, 1e-2), (100, 1e-4), (100, 1e-2)]
 

@@ -4,6 +4,7 @@ ReLU network's function and the invariant measures, a global weight scaling move
 import numpy as np
 import pytest
 import torch
+from problems import inputs, mlp
 
 import flatcomp_tutorial as fc
 from flatcomp_tutorial import invariance
@@ -12,7 +13,7 @@ from flatcomp_tutorial import invariance
 @pytest.fixture(scope="module")
 def relu_net():
     data = fc.load_dataset("teacher_student", n_train=32, n_test=8, input_dim=4, n_outputs=2)
-    model = fc.make_model("mlp", (4,), 2, width=6, depth=2, activation="relu", seed=0, dtype=torch.float64)
+    model = mlp(4, 2, activation="relu")
     return model, data.x_train.double(), data.y_train.double()
 
 
@@ -53,11 +54,10 @@ def test_scale_weights_multiplies_every_parameter_and_copies(relu_net):
 
 
 def test_weight_scaling_table_powers_of_c_for_bias_free_relu():
-    torch.manual_seed(0)
     # width 16: every input's Jacobian has full rank 3 (at width 8 some ReLU patterns leave rank 2, i.e. zero volume,
     # log LVR = -inf, and the geometric-mean volume is 0 at every c, so its ratio is undefined)
-    model = fc.make_model("mlp", (1, 4, 4), 3, width=16, depth=2, activation="relu", bias=False, seed=0).double()
-    x = torch.randn(20, 1, 4, 4, dtype=torch.float64)
+    model = mlp((1, 4, 4), 3, width=16, activation="relu", bias=False)
+    x = inputs(20, 1, 4, 4)
     y = torch.zeros(20, 3, dtype=torch.float64)
     t = invariance.weight_scaling_table(model, x, y, [0.5, 1.0, 2.0])
     assert (t.gm_lvr > 0).all()

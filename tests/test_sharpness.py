@@ -3,7 +3,8 @@ dense float64 reference.
 
 Conventions: L = (1/n) Σ_i ½ ||f(x_i) − y_i||² (MSE) or mean cross-entropy; parameters flattened in
 ``model.parameters()`` order. The dense references (``torch.func.hessian``, Jacobians) and the tiny networks come
-from tests/test_curvature.py. Exactness tolerances are relative 1e-8 unless stated; stochastic estimates must lie
+from tests/problems.py; the validation contract every measure shares (NaN inputs, half precision, random forward
+passes, overflow, untouched flags and parameters) is in tests/test_contract.py. Exactness tolerances are relative 1e-8 unless stated; stochastic estimates must lie
 within 4 reported standard errors of the exact value.
 """
 from __future__ import annotations
@@ -15,8 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_curvature import (close, dense_gauss_newton, dense_hessian, dense_jacobian, flat_params, lenet, mlp,
-                            param_slice, seeded_data)
+from functools import partial
+
+import problems
+from problems import (class_labels, close, dense_gauss_newton, dense_hessian, dense_relative_flatness, flat_params,
+                      overflowing, param_slice, seeded_data)
 from torch import nn
 
 import flatcomp_tutorial
@@ -24,15 +28,8 @@ from flatcomp_tutorial import curvature as C
 from flatcomp_tutorial import estimators as E
 from flatcomp_tutorial import sharpness as S
 from flatcomp_tutorial.layers import dense_layers
-from flatcomp_tutorial.models import make_model
 
-
-@pytest.fixture(scope="module")
-def cnn():
-    """The small LeNet with its dense Hessian and Jacobian, computed once for the module."""
-    model = lenet()
-    x, y = seeded_data(model, (1, 8, 8), n=6)
-    return model, x, y, dense_hessian(model, x, y), dense_jacobian(model, x)
+mlp = partial(problems.mlp, d=4)  # this file's networks take 4 inputs
 
 
 # ------------------------------------------------------------------------------------------------ eigenvalues
@@ -73,7 +70,7 @@ def test_top_eigenvalue_of_a_cnn_matches_dense(cnn):
 def test_cross_entropy_top_eigenvalue_matches_dense():
     model = mlp(n_out=3)
     x, _ = seeded_data(model, (4,))
-    labels = torch.arange(12) % 3
+    labels = class_labels(12, 3)
     exact = float(torch.linalg.eigvalsh(dense_hessian(model, x, labels, "cross_entropy"))[-1])
     assert close(S.top_hessian_eigenvalues(model, x, labels, loss="cross_entropy", tol=1e-10), [exact], rtol=1e-7)
 
@@ -251,15 +248,6 @@ def test_spectral_density_integrates_to_one_and_has_the_first_two_moments_of_the
 
 
 # ------------------------------------------------------------------------------------------------ relative flatness
-def dense_relative_flatness(model, H, name):
-    W = dict(model.named_parameters())[f"{name}.weight"].detach()
-    sl = param_slice(model, f"{name}.weight")
-    m_out, m_in = W.shape
-    Hb = H[sl, sl].reshape(m_out, m_in, m_out, m_in)
-    tr = torch.einsum("sjtj->st", Hb)  # Tr H_{s,s'}
-    return float(((W @ W.T) * tr).sum())
-
-
 @pytest.mark.parametrize("layer,name", [(1, "1"), (2, "3"), ("5", "5")])
 def test_exact_relative_flatness_matches_dense_hessian(layer, name):
     model = mlp(d=5, n_out=2, width=4)  # layer 1 is wider than tall: exercises the Gram-factor path
@@ -360,28 +348,6 @@ def test_adaptive_sharpness_is_invariant_to_uniform_and_neuron_wise_rescaling(re
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def test_batchnorm_in_train_mode_is_refused():
-    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).double().train()
-    x, y = seeded_data(model, (4,), n_out=2)
-    with pytest.raises(ValueError, match="BatchNorm"):
-        S.hessian_trace(model, x, y, probes=2)
-
-
-def test_active_dropout_is_refused():
-    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.Linear(3, 2)).double().train()
-    x, y = seeded_data(model, (4,), n_out=2)
-    with pytest.raises(ValueError, match="dropout"):
-        S.top_hessian_eigenvalues(model, x, y)
-
-
-def test_nan_inputs_are_refused():
-    model = mlp()
-    x, y = seeded_data(model, (4,))
-    x[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        S.gauss_newton_trace(model, x)
-
-
 @pytest.mark.parametrize("k", [0, 10_000])
 def test_bad_k_is_refused(k):
     model = mlp()
@@ -410,75 +376,10 @@ def test_bad_arguments_raise_a_value_error_naming_the_argument(call, match):
         call(model, x, y)
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_train_eval_flags_are_restored(mode):
-    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.Tanh(), nn.Linear(3, 2)).double()
-    model.train() if mode == "train" else model.eval()
-    if mode == "train":
-        model[1].p = 0.0  # inactive dropout in train mode is allowed
-    x, y = seeded_data(model, (4,), n_out=2)
-    S.hessian_trace(model, x, y, probes=2)
-    S.gauss_newton_block_traces(model, x)
-    assert all(m.training == (mode == "train") for m in model.modules())
-
-
-def test_products_leave_the_parameters_and_their_grad_fields_untouched():
-    """The fast path differentiates with respect to the model's own parameters: nothing may be written to them."""
-    model = mlp()
-    x, y = seeded_data(model, (4,))
-    before = [p.detach().clone() for p in model.parameters()]
-    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
-    S.hvp(model, x, y, v)
-    S.top_hessian_eigenvalues(model, x, y, k=1)
-    S.hessian_trace(model, x, y, probes=4)
-    assert all(p.grad is None for p in model.parameters())
-    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-
-
-# ------------------------------------------------------------------------------------ overflow, randomness, precision
-def _overflowing(where):
-    """A float32 ReLU MLP whose finite weights make the forward pass overflow: ``"outputs"`` (every parameter
-    × 1e20: outputs inf/NaN) or ``"loss"`` (last layer × 1e20: outputs ~1e20 are finite, their squares are not)."""
-    model = make_model("mlp", (4,), 3, width=6, depth=2, activation="relu", seed=0)
-    with torch.no_grad():
-        for p in (model.parameters() if where == "outputs" else model[-1].parameters()):
-            p.mul_(1e20)
-    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
-    y = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
-    return model, x, y
-
-
-_EVERY_MEASURE = {
-    "hvp": lambda m, x, y: S.hvp(m, x, y, torch.ones(flat_params(m).numel())),
-    "ggnvp": lambda m, x, y: S.ggnvp(m, x, y, torch.ones(flat_params(m).numel())),
-    "top_hessian_eigenvalues": lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, k=1),
-    "hessian_trace": lambda m, x, y: S.hessian_trace(m, x, y, probes=4),
-    "hessian_trace_gn_control": lambda m, x, y: S.hessian_trace(m, x, y, probes=4, method="gn-control"),
-    "gauss_newton_trace": lambda m, x, y: S.gauss_newton_trace(m, x),
-    "slq_nodes_weights": lambda m, x, y: S.slq_nodes_weights(m, x, y, n_vectors=2, lanczos_steps=4),
-    "hessian_spectral_density": lambda m, x, y: S.hessian_spectral_density(m, x, y, n_vectors=2, lanczos_steps=4),
-    "relative_flatness": lambda m, x, y: S.relative_flatness(m, x, y, layer=2),
-    "adaptive_sharpness": lambda m, x, y: S.adaptive_sharpness(m, x, y, probes=4),
-}
-_LOSS_MEASURES = [k for k in _EVERY_MEASURE if k not in ("ggnvp", "gauss_newton_trace")]  # G ignores the targets
-
-
-@pytest.mark.parametrize("measure", sorted(_EVERY_MEASURE))
-def test_every_measure_refuses_overflowing_outputs_naming_the_overflow(measure):
-    model, x, y = _overflowing("outputs")
-    with pytest.raises(ValueError, match=r"outputs on x are not finite \(inf/NaN\) at these weights \(overflow"):
-        _EVERY_MEASURE[measure](model, x, y)
-
-
-@pytest.mark.parametrize("measure", sorted(_LOSS_MEASURES))
-def test_every_loss_measure_refuses_an_overflowing_loss_instead_of_returning_nan(measure):
-    model, x, y = _overflowing("loss")
-    with pytest.raises(ValueError, match=r"loss is not finite at these weights \(overflow"):
-        _EVERY_MEASURE[measure](model, x, y)
-
-
+# ------------------------------------------------------------------------------------------------ overflow
 def test_overflow_is_refused_up_front_before_any_hessian_product(monkeypatch):
-    model, x, y = _overflowing("loss")
+    model = overflowing("loss", d=4)
+    x, y = seeded_data(model, (4,), n_out=3)
     monkeypatch.setattr(C, "operator", lambda *a, **k: pytest.fail("a product was started"))
     with pytest.raises(ValueError, match="overflow"):
         S.top_hessian_eigenvalues(model, x, y)
@@ -500,8 +401,16 @@ class _Amplified(nn.Module):
         return 1e30 * self.lin(x)
 
 
-@pytest.mark.parametrize("measure", ["hvp", "ggnvp", "hessian_trace", "top_hessian_eigenvalues",
-                                     "slq_nodes_weights"])
+_PRODUCT_MEASURES = {
+    "hvp": lambda m, x, y: S.hvp(m, x, y, torch.ones(flat_params(m).numel())),
+    "ggnvp": lambda m, x, y: S.ggnvp(m, x, y, torch.ones(flat_params(m).numel())),
+    "hessian_trace": lambda m, x, y: S.hessian_trace(m, x, y, probes=4),
+    "top_hessian_eigenvalues": lambda m, x, y: S.top_hessian_eigenvalues(m, x, y, k=1),
+    "slq_nodes_weights": lambda m, x, y: S.slq_nodes_weights(m, x, y, n_vectors=2, lanczos_steps=4),
+}
+
+
+@pytest.mark.parametrize("measure", sorted(_PRODUCT_MEASURES))
 def test_overflowing_hessian_products_raise_instead_of_returning_nan(measure):
     """Finite outputs and loss, overflowing second derivatives: the check on every product catches what the
     forward check cannot (today's alternative: NaN, or an ARPACK error code)."""
@@ -509,37 +418,7 @@ def test_overflowing_hessian_products_raise_instead_of_returning_nan(measure):
     x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
     y = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match="(Hessian|Gauss–Newton)-vector products are not finite at these weights"):
-        _EVERY_MEASURE[measure](model, x, y)
-
-
-class _FunctionalDropout(nn.Module):
-    """Dropout written as a function call that stays on in eval mode: no nn.Dropout module to detect."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.b(nn.functional.dropout(torch.tanh(self.a(x)), 0.5, training=True))
-
-
-@pytest.mark.parametrize("measure", ["hvp", "top_hessian_eigenvalues", "hessian_trace", "gauss_newton_trace",
-                                     "relative_flatness"])
-def test_a_random_forward_pass_is_refused(measure):
-    torch.manual_seed(0)
-    model = _FunctionalDropout().double().eval()
-    x, y = seeded_data(model, (4,), n_out=3)
-    with pytest.raises(ValueError, match="two forward passes on the same inputs differ"):
-        _EVERY_MEASURE[measure](model, x, y)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("measure", ["hvp", "hessian_trace", "gauss_newton_trace", "top_hessian_eigenvalues"])
-def test_half_precision_models_are_refused_with_the_float32_advice(dtype, measure):
-    model = mlp().to(dtype)
-    x, y = seeded_data(mlp(), (4,))
-    with pytest.raises(ValueError, match=r"float32 or float64.*\.float\(\)"):
-        _EVERY_MEASURE[measure](model, x.to(dtype), y.to(dtype))
+        _PRODUCT_MEASURES[measure](model, x, y)
 
 
 @pytest.mark.parametrize("call, match", [

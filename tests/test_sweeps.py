@@ -238,7 +238,6 @@ def test_sweep_refuses_a_negative_max_runs():
 
 @pytest.fixture
 def fake_downloads(tmp_path, monkeypatch):
-    import gzip  # noqa: F401
     import io
     import pickle
     import tarfile

@@ -6,6 +6,7 @@ import inspect
 import math
 from pathlib import Path
 
+import problems
 import pytest
 import torch
 from torch import nn
@@ -19,7 +20,12 @@ import flatcomp_tutorial.training  # noqa: F401
 
 @pytest.fixture(scope="module")
 def small_digits():
-    return fc.load_dataset("digits", classes=(0, 1), n_train=64, n_test=32)
+    return problems.small_digits()
+
+
+def _mlp(data, seed=0, width=8):
+    """The float32 MLP the training tests train: the data's inputs → width → width → 2 (tanh)."""
+    return fc.make_model("mlp", data.input_shape, 2, width=width, seed=seed)
 
 
 def test_same_seed_gives_same_initial_weights():
@@ -51,13 +57,13 @@ def test_make_model_rejects_bad_arguments(kwargs, match):
 
 
 def test_training_is_bit_identical_for_the_same_seed_on_one_machine(small_digits):
-    runs = [fc.train(fc.make_model("mlp", small_digits.input_shape, 2, width=16, seed=0), small_digits,
+    runs = [fc.train(_mlp(small_digits, width=16), small_digits,
                      lr=0.1, batch_size=8, epochs=3, seed=5, progress=False) for _ in range(2)]
     assert runs[0].history.equals(runs[1].history)
 
 
 def test_training_reduces_the_loss_and_records_checkpoints(small_digits):
-    r = fc.train(fc.make_model("mlp", small_digits.input_shape, 2, width=16), small_digits, lr=0.1,
+    r = fc.train(_mlp(small_digits, width=16), small_digits, lr=0.1,
                  batch_size=8, epochs=5, track_every=8, progress=False)
     h = r.history
     assert list(h.columns[:6]) == ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
@@ -72,13 +78,13 @@ def test_mse_loss_convention_is_half_sum_over_outputs_mean_over_samples():
 
 
 def test_full_batch_gradient_descent_when_batch_size_is_n(small_digits):
-    r = fc.train(fc.make_model("mlp", small_digits.input_shape, 2, width=8), small_digits, lr=0.05,
+    r = fc.train(_mlp(small_digits), small_digits, lr=0.05,
                  batch_size=small_digits.n_train, steps=4, track_every=1, progress=False)
     assert list(r.history.epoch) == [0, 1, 2, 3, 4]
 
 
 def test_divergence_stops_training_and_keeps_the_last_finite_state(small_digits):
-    m = fc.make_model("mlp", small_digits.input_shape, 2, width=16)
+    m = _mlp(small_digits, width=16)
     r = fc.train(m, small_digits, lr=1e4, batch_size=8, epochs=20, track_every=1, progress=False)
     assert r.diverged and r.config["diverged_at_step"] < 160
     assert all(torch.isfinite(p).all() for p in r.model.parameters())
@@ -107,10 +113,6 @@ def test_configure_fixes_threads_and_resolves_auto_device():
 
 
 # ------------------------------------------------------------------------------------ optimisers and dynamics
-def _mlp(data, seed=0, width=8):
-    return fc.make_model("mlp", data.input_shape, 2, width=width, seed=seed)
-
-
 def test_adam_optimizer_trains_and_differs_from_sgd(small_digits):
     runs = {o: fc.train(_mlp(small_digits), small_digits, lr=0.01, batch_size=16, epochs=3, optimizer=o,
                         progress=False) for o in ("sgd", "adam")}
