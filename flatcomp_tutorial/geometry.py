@@ -356,8 +356,8 @@ def local_ellipse(model: nn.Module, x0, radius: float = 0.1, n_points: int = 400
     r = radius * np.sqrt(rng.uniform(size=n_points))
     t = rng.uniform(0, 2 * np.pi, size=n_points)
     pts = np.stack([r * np.cos(t), r * np.sin(t)], 1)
-    with torch.no_grad():
-        out = model.eval()(x0 + torch.as_tensor(pts, dtype=x0.dtype)).double().numpy()
+    with measurement_mode(model), torch.no_grad():
+        out = model(x0 + torch.as_tensor(pts, dtype=x0.dtype)).double().numpy()
         f0 = model(x0).double().numpy()[0]
     return LocalEllipse(x0=x0[0].double().numpy(), radius=radius, offsets=pts, angles=t, outputs=out, f0=f0,
                         left_singular_vectors=U, singular_values=s)

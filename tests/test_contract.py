@@ -151,10 +151,7 @@ EXCLUDED = {
 }
 
 # (measure, clause) pairs the measure should follow but does not: gaps in the package, run as strict xfails.
-GAPS = {
-    ("local_ellipse", "leaves_model_as_it_was"): "local_ellipse calls model.eval() to sample the disc and never "
-                                                 "restores the train flags (no measurement_mode around it)",
-}
+GAPS: dict[tuple[str, str], str] = {}
 
 
 def _excluded(name: str, clause: str) -> bool:
