@@ -10,6 +10,9 @@ device. Pure functions over tensors (no ``nn.Module``).
 * :func:`hutchinson`: Tr A ≈ (1/m) Σ_k z_kᵀ A z_k, unbiased, ``stderr`` = sample std / √m.
 * :func:`hutch_plus_plus` (Meyer et al. 2021): exact Tr(Qᵀ A Q) on a rank-m/3 sketch Q plus Hutchinson on the
   deflated rest; exact when rank A ≤ m/3.
+* Accuracy on request: :func:`hutchinson` and :func:`control_variate_trace` with ``rtol`` draw probes in batches
+  from the same seeded stream (so their first probes are those of a fixed-count call with that seed) until the
+  standard error is at most ``rtol``·|mean| (:func:`sample_until`); every :class:`Estimate` names its ``method``.
 * :func:`control_variate_trace`: Tr A = Tr B (known) + Hutchinson on A − B.
 * :func:`lanczos`, :func:`gauss_quadrature`, :func:`slq`: Lanczos tridiagonals and stochastic Lanczos quadrature.
 * :func:`eigenpairs`: extreme eigenpairs by implicitly restarted Lanczos (ARPACK's ``eigsh``).
@@ -19,6 +22,7 @@ Symbols: Appendix "Notation and conventions", entry "Estimators" (probes, standa
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,12 +44,15 @@ WHICH = ("LA", "SA", "LM")
 
 @dataclass(frozen=True)
 class Estimate:
-    """A stochastic estimate: ``mean`` ± ``stderr`` from ``probes`` probe vectors, costing ``matvecs`` HVPs."""
+    """A stochastic estimate: ``mean`` ± ``stderr`` from ``probes`` probe vectors, costing ``matvecs`` HVPs,
+    produced by ``method`` (``"hutchinson"``, ``"hutch++"``, ``"control-variate"``, ``"gn-control"``, ``"exact"``,
+    ...; ``""`` when the producer did not say)."""
 
     mean: float
     stderr: float
     probes: int
     matvecs: int
+    method: str = ""
 
     def __float__(self) -> float:
         return float(self.mean)
@@ -83,11 +90,64 @@ def rademacher(m: int, dim: int, gen: torch.Generator, dtype: torch.dtype = torc
     return (2 * z - 1).to(device=device, dtype=dtype)
 
 
-def estimate(samples: torch.Tensor, probes: int, matvecs: int, offset: float = 0.0) -> Estimate:
+def estimate(samples: torch.Tensor, probes: int, matvecs: int, offset: float = 0.0,
+             method: str = "hutchinson") -> Estimate:
     """``offset`` + the mean of ``samples`` ± their standard error (sample std / √m; NaN for one sample)."""
     s = samples.double()
     stderr = float(s.std(unbiased=True) / math.sqrt(s.numel())) if s.numel() > 1 else float("nan")
-    return Estimate(mean=offset + float(s.mean()), stderr=stderr, probes=probes, matvecs=matvecs)
+    return Estimate(mean=offset + float(s.mean()), stderr=stderr, probes=probes, matvecs=matvecs, method=method)
+
+
+__all__ += ["check_rtol", "check_probe_budget", "sample_until", "MIN_PROBES"]
+MIN_PROBES = 8  # fewest probes before a stopping test: below that the sample std (hence stderr) is itself too noisy
+
+
+def check_rtol(rtol) -> float:
+    """``rtol`` (the target standard error relative to |mean|) as a finite float in (0, 1)."""
+    name = "rtol (the target stderr / |mean|; in (0, 1))"
+    rtol = check_real(rtol, name)
+    if not rtol < 1:
+        raise ValueError(f"{name} must be a finite number < 1, got {rtol!r}")
+    return rtol
+
+
+def check_probe_budget(max_probes, min_probes=MIN_PROBES) -> tuple[int, int]:
+    """``(max_probes, min_probes)`` as ints with ``MIN_PROBES`` <= min_probes <= max_probes."""
+    min_probes = check_count(min_probes, f"min_probes (probes before the first stopping test; >= {MIN_PROBES} so "
+                                         "that the standard error itself is usable)", MIN_PROBES)
+    max_probes = check_count(max_probes, f"max_probes (the cap on probes with rtol; >= min_probes = {min_probes})",
+                             min_probes)
+    return max_probes, min_probes
+
+
+def sample_until(forms: Callable[[torch.Tensor], torch.Tensor], dim: int, rtol: float, max_probes: int,
+                 min_probes: int, gen: torch.Generator, dtype: torch.dtype, device, offset: float = 0.0,
+                 what: str = "trace") -> torch.Tensor:
+    """The samples ``forms(Z)`` (one per row of Z) of Rademacher batches Z drawn in turn from ``gen``, until their
+    standard error is <= ``rtol`` · |``offset`` + mean| (tested first after ``min_probes`` probes) or ``max_probes``
+    probes are used (then a ``RuntimeWarning`` names the relative error reached).
+
+    Batches: ``min_probes`` first; then the number the current mean and std predict (×1.1), at most doubling the
+    count so far (a noisy early std cannot order a huge batch) and never beyond ``max_probes``. Consecutive draws
+    from one generator give the rows of one large draw, so the probes are those of a fixed-count call."""
+    parts: list[torch.Tensor] = []
+    n, size = 0, min_probes
+    while True:
+        parts.append(forms(rademacher(size, dim, gen, dtype, device)).double())
+        n += size
+        s = torch.cat(parts)
+        std, mean = float(s.std(unbiased=True)), offset + float(s.mean())
+        target = rtol * abs(mean)
+        if std / math.sqrt(n) <= target:
+            return s
+        if n >= max_probes:
+            rel = std / math.sqrt(n) / abs(mean) if mean != 0 else float("inf")
+            warnings.warn(f"{what}: max_probes = {max_probes} probes reached with relative standard error "
+                          f"{rel:.3g} > rtol = {rtol:g}; returning the estimate of these probes (raise max_probes "
+                          "or loosen rtol for the requested accuracy)", RuntimeWarning, stacklevel=3)
+            return s
+        need = math.ceil(1.1 * (std / target) ** 2) if target > 0 else math.inf
+        size = int(min(max_probes - n, n, max(need - n, 1)))
 
 
 def quadratic_forms(matmat: Matmat, V: torch.Tensor, probe_batch: int) -> torch.Tensor:
@@ -103,12 +163,32 @@ def apply_in_groups(matmat: Matmat, V: torch.Tensor, probe_batch: int) -> torch.
 # --------------------------------------------------------------------------------------------------------------
 # traces and diagonals
 # --------------------------------------------------------------------------------------------------------------
-def hutchinson(matmat: Matmat, dim: int, probes: int = 100, seed: int = 0, probe_batch: int = 32,
-               dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Estimate:
-    """Tr A ≈ (1/m) Σ_k z_kᵀ A z_k with m = ``probes`` Rademacher z (Var = 2 Σ_{i≠j} A_ij² per probe)."""
-    probes, seed = check_probes(probes), check_seed(seed)
-    Z = rademacher(probes, dim, torch.Generator().manual_seed(seed), dtype, device)
-    return estimate(quadratic_forms(matmat, Z, check_count(probe_batch, "probe_batch")), probes, probes)
+def _probes_or_rtol(probes, rtol, max_probes, min_probes) -> tuple[int | None, float | None, int, int]:
+    """Validated ``(probes, rtol, max_probes, min_probes)``: a fixed count or a target, not both; neither → 100."""
+    if probes is not None and rtol is not None:
+        raise ValueError(f"give either probes (a fixed count) or rtol (a target accuracy), not both; got "
+                         f"probes={probes!r}, rtol={rtol!r}")
+    max_probes, min_probes = check_probe_budget(max_probes, min_probes)
+    if rtol is not None:
+        return None, check_rtol(rtol), max_probes, min_probes
+    return check_probes(100 if probes is None else probes), None, max_probes, min_probes
+
+
+def hutchinson(matmat: Matmat, dim: int, probes: int | None = None, seed: int = 0, probe_batch: int = 32,
+               dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+               rtol: float | None = None, max_probes: int = 1000, min_probes: int = MIN_PROBES) -> Estimate:
+    """Tr A ≈ (1/m) Σ_k z_kᵀ A z_k with m = ``probes`` Rademacher z (Var = 2 Σ_{i≠j} A_ij² per probe; default
+    100 probes). With ``rtol`` instead: probes in batches until stderr <= ``rtol``·|mean| (:func:`sample_until`;
+    at least ``min_probes``, at most ``max_probes``, with a ``RuntimeWarning`` at the cap)."""
+    probes, rtol, max_probes, min_probes = _probes_or_rtol(probes, rtol, max_probes, min_probes)
+    seed, probe_batch = check_seed(seed), check_count(probe_batch, "probe_batch")
+    gen = torch.Generator().manual_seed(seed)
+    if rtol is not None:
+        s = sample_until(lambda Z: quadratic_forms(matmat, Z, probe_batch), dim, rtol, max_probes, min_probes, gen,
+                         dtype, device, what="hutchinson")
+        return estimate(s, s.numel(), s.numel())
+    Z = rademacher(probes, dim, gen, dtype, device)
+    return estimate(quadratic_forms(matmat, Z, probe_batch), probes, probes)
 
 
 def hutch_plus_plus(matmat: Matmat, dim: int, probes: int = 100, seed: int = 0, probe_batch: int = 32,
@@ -128,20 +208,30 @@ def hutch_plus_plus(matmat: Matmat, dim: int, probes: int = 100, seed: int = 0, 
     G = rademacher(m_res, dim, gen, dtype, device).double()
     R = (G - (G @ Q) @ Q.T).to(dtype)
     if m_res == 0:
-        return Estimate(low, 0.0, probes, 2 * k)
-    return estimate(quadratic_forms(matmat, R, probe_batch), probes, probes, offset=low)
+        return Estimate(low, 0.0, probes, 2 * k, "hutch++")
+    return estimate(quadratic_forms(matmat, R, probe_batch), probes, probes, offset=low, method="hutch++")
 
 
-def control_variate_trace(matmat: Matmat, base_matmat: Matmat, base_trace: float, dim: int, probes: int = 100,
-                          seed: int = 0, probe_batch: int = 32, dtype: torch.dtype = torch.float64,
-                          device: torch.device | str | None = None) -> Estimate:
+def control_variate_trace(matmat: Matmat, base_matmat: Matmat, base_trace: float, dim: int,
+                          probes: int | None = None, seed: int = 0, probe_batch: int = 32,
+                          dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+                          rtol: float | None = None, max_probes: int = 1000,
+                          min_probes: int = MIN_PROBES) -> Estimate:
     """Tr A = Tr B + Tr(A − B): the known ``base_trace`` = Tr B plus Hutchinson on A − B (2 products per probe,
-    counted in ``matvecs``). Pays off when A − B is small, e.g. A = H, B = G near a minimum."""
-    probes, seed = check_probes(probes), check_seed(seed)
-    Z = rademacher(probes, dim, torch.Generator().manual_seed(seed), dtype, device)
+    counted in ``matvecs``; the cost of Tr B is not). Pays off when A − B is small, e.g. A = H, B = G near a
+    minimum. ``probes`` / ``rtol`` / ``max_probes`` / ``min_probes`` as in :func:`hutchinson`; with ``rtol`` the
+    target is stderr <= ``rtol``·|Tr B + mean|."""
+    probes, rtol, max_probes, min_probes = _probes_or_rtol(probes, rtol, max_probes, min_probes)
+    seed, probe_batch = check_seed(seed), check_count(probe_batch, "probe_batch")
+    gen = torch.Generator().manual_seed(seed)
     residual = lambda V: matmat(V) - base_matmat(V)  # noqa: E731  (A − B) V
-    samples = quadratic_forms(residual, Z, check_count(probe_batch, "probe_batch"))
-    return estimate(samples, probes, 2 * probes, offset=base_trace)
+    if rtol is not None:
+        s = sample_until(lambda Z: quadratic_forms(residual, Z, probe_batch), dim, rtol, max_probes, min_probes,
+                         gen, dtype, device, offset=base_trace, what="control_variate_trace")
+        return estimate(s, s.numel(), 2 * s.numel(), offset=base_trace, method="control-variate")
+    Z = rademacher(probes, dim, gen, dtype, device)
+    samples = quadratic_forms(residual, Z, probe_batch)
+    return estimate(samples, probes, 2 * probes, offset=base_trace, method="control-variate")
 
 
 def diagonal(matmat: Matmat, dim: int, probe_batch: int = 32, dtype: torch.dtype = torch.float64,

@@ -120,7 +120,8 @@ def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
 
     def trace(x, y, prefix):
         def fn(model, m):
-            est = sharpness.hessian_trace(model, getattr(m, x), getattr(m, y), loss=loss, probes=probes, seed=0)
+            est = sharpness.hessian_trace(model, getattr(m, x), getattr(m, y), loss=loss, probes=probes, seed=0,
+                                          method="hutchinson")
             return {prefix: est.mean, f"{prefix}_stderr": est.stderr}
         return fn
 

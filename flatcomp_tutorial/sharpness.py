@@ -40,6 +40,7 @@ adaptive sharpness, spectral density.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -117,39 +118,100 @@ def top_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 # --------------------------------------------------------------------------------------------------------------
 # traces
 # --------------------------------------------------------------------------------------------------------------
-def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse", probes: int = 100,
-                  seed: int = 0, method: str = "hutchinson", parameters: Sequence[str] | None = None,
+TRACE_DEFAULT_RTOL = 1e-2  # hessian_trace's accuracy when neither probes nor rtol is given
+TRACE_MAX_PROBES = 1000
+
+
+def _trace_method(method: str, loss: str, curvature: str, probes: int | None) -> str:
+    """The estimator ``method="auto"`` stands for (see :func:`hessian_trace`); other methods pass unchanged."""
+    if method != "auto":
+        return method
+    if curvature == "gauss_newton":
+        return "exact"
+    if loss in ("mse", "cross_entropy"):  # the losses with a Gauss–Newton matrix and an exact Tr G
+        return "gn-control"
+    return "hutchinson" if probes is None or probes < 3 else "hutch++"
+
+
+def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
+                  probes: int | None = None, seed: int = 0, method: str = "auto", rtol: float | None = None,
+                  max_probes: int = TRACE_MAX_PROBES, parameters: Sequence[str] | None = None,
                   batch_size: int | None = None, probe_batch: int | None = None,
                   curvature: str = "hessian") -> Estimate:
-    """Stochastic trace of H (or of its diagonal block for ``parameters``) with Rademacher probes z.
+    """Stochastic trace of H (or of its diagonal block for ``parameters``) with Rademacher probes z, at a fixed
+    probe count or at the accuracy asked for; the :class:`~flatcomp_tutorial.estimators.Estimate` names the
+    ``method`` used and counts its ``probes`` and curvature products ``matvecs``.
 
-    ``"hutchinson"``: Tr H ≈ (1/m) Σ zᵀ H z, ``stderr`` = sample std / √m. ``"hutch++"`` (Meyer et al. 2021):
-    with the same budget of m = ``probes`` products, Tr(Qᵀ H Q) on a rank-m/3 sketch Q of H plus Hutchinson on
-    the deflated residual (I − QQᵀ) H (I − QQᵀ); ``stderr`` is that of the residual part. ``"gn-control"``:
-    Tr H = Tr G (exact, :func:`gauss_newton_trace`) + Hutchinson on R = H − G (control variate; each probe costs
-    2 products, counted in ``matvecs``). Near a minimum R is small, so its variance 2||R||_F² (off-diagonal) is far
-    below that of H: on the trained digits MLP the per-probe std drops about 25×. ``probe_batch``
-    products are computed together (batched autograd; ``None`` picks by problem size and device).
-    ``curvature="gauss_newton"`` estimates Tr G instead.
+    Methods. ``"hutchinson"``: Tr H ≈ (1/m) Σ zᵀ H z, ``stderr`` = sample std / √m. ``"hutch++"`` (Meyer et al.
+    2021): with the same budget of m = ``probes`` products, Tr(Qᵀ H Q) on a rank-m/3 sketch Q of H plus
+    Hutchinson on the deflated residual (I − QQᵀ) H (I − QQᵀ); ``stderr`` is that of the residual part; fixed
+    counts only (its sketch size comes from the budget, so ``rtol`` is refused). ``"gn-control"``: Tr H = Tr G
+    (exact, :func:`gauss_newton_trace`, also for a ``parameters`` block) + Hutchinson on R = H − G (control
+    variate; each probe costs 2 products, both counted in ``matvecs``; the exact Tr G, about one backward pass
+    per output over the data, is not). Near a minimum R is small, so its variance 2||R||_F² (off-diagonal) is far
+    below that of H: on the trained digits MLP the per-probe std drops about 25×. ``"auto"`` (default): the
+    lowest-variance valid estimator: ``"gn-control"`` for ``curvature="hessian"`` (both losses have a
+    Gauss–Newton matrix); for ``curvature="gauss_newton"`` the EXACT Tr G (``method="exact"``, ``stderr`` 0,
+    ``probes`` 0, ``matvecs`` 0); a loss without a Gauss–Newton matrix would get ``"hutch++"`` at a fixed count
+    (``"hutchinson"`` below 3 probes) and ``"hutchinson"`` with ``rtol``.
+
+    Accuracy. ``probes=m``: exactly m probes (the numbers of earlier versions for an explicit ``method``).
+    ``rtol``: probes in batches from the same seeded stream (the first m are those of ``probes=m``) until
+    ``stderr`` <= ``rtol``·|mean| (at least 8 probes; at most ``max_probes``, with a ``RuntimeWarning`` naming the
+    relative error reached, and the estimate of those probes returned). Not both. Neither: ``rtol=1e-2``
+    (``probes=100`` for ``"hutch++"``). Measured on the trained digits MLP of benchmarks/bench_sharpness.py
+    (P = 26 122, n = 1797, float32, 2 CPU threads): the default call (auto → gn-control, rtol 1e-2) stops at the
+    minimum of 8 probes, 16 products, with a relative stderr of 0.18 % in 1.6 s (0.3 s of it the exact Tr G);
+    100-probe Hutchinson takes 6.0 s for 1.1 % (about 130 probes for 1 %). Far from a minimum R is not small: on
+    the same network at initialisation the default needs 374 probes (85 s) for 1 % (Hutchinson: 2.4 % from 100
+    probes in 5.8 s), so pass ``probes`` or a looser ``rtol`` there for a quick number. The error bars are honest:
+    over 50 seeds the exact value lies within 2 stderr in at least 90 % of the estimates (tests/test_sharpness.py).
+
+    ``probe_batch`` products are computed together (batched autograd; ``None`` picks by problem size and device).
+    ``curvature="gauss_newton"`` estimates Tr G instead. Every argument is validated before any product.
     Chapter "Measuring sharpness".
     """
-    if method not in E.TRACE_METHODS:
-        raise ValueError(f"method must be 'hutchinson', 'hutch++' or 'gn-control', got {method!r}")
+    if method not in ("auto",) + E.TRACE_METHODS:
+        raise ValueError(f"method must be 'auto', 'hutchinson', 'hutch++' or 'gn-control', got {method!r}")
+    if curvature not in C.CURVATURES:
+        raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if method == "gn-control" and curvature != "hessian":
         raise ValueError("method='gn-control' estimates Tr H as exact Tr G + Hutchinson on H − G; it needs "
                          "curvature='hessian' (for Tr G itself use gauss_newton_trace, which is exact).")
+    if probes is not None and rtol is not None:
+        raise ValueError(f"give either probes (a fixed count) or rtol (a target accuracy), not both; got "
+                         f"probes={probes!r}, rtol={rtol!r}")
+    if method == "hutch++" and rtol is not None:
+        raise ValueError("method='hutch++' takes a fixed probe count (its sketch size is a third of the budget), "
+                         "not rtol; use method='hutchinson' or 'gn-control' (or 'auto') with rtol.")
+    if probes is None and rtol is None:
+        probes, rtol = (100, None) if method == "hutch++" else (None, TRACE_DEFAULT_RTOL)
     seed = E.check_seed(seed)
-    probes = E.check_probes(probes, method)
+    max_probes, _ = E.check_probe_budget(max_probes)
+    if rtol is not None:
+        rtol = E.check_rtol(rtol)
+    method = _trace_method(method, loss, curvature, None if probes is None else E.check_probes(probes))
+    if probes is not None:
+        probes = E.check_probes(probes, method)
+    if probe_batch is not None:
+        check_count(probe_batch, "probe_batch")
     with measurement_mode(model):
         prob = C.problem(model, x, y, loss, batch_size, parameters, need_y=curvature == "hessian")
+        if method == "exact":
+            return Estimate(float(sum(C.gauss_newton_parameter_traces(prob).values())), 0.0, 0, 0, "exact")
         op, probe_batch = _operator(prob, curvature, probe_batch)
         args = (probes, seed, probe_batch, op.dtype, op.device)
+        budget = dict(rtol=rtol, max_probes=max_probes)
         if method == "hutchinson":
-            return E.hutchinson(op.matmat, op.dim, *args)
+            return E.hutchinson(op.matmat, op.dim, *args, **budget)
         if method == "hutch++":
             return E.hutch_plus_plus(op.matmat, op.dim, *args)
         tr_g = sum(C.gauss_newton_parameter_traces(prob).values())
-        return E.control_variate_trace(op.matmat, C.operator(prob, "gauss_newton").matmat, tr_g, op.dim, *args)
+        est = E.control_variate_trace(op.matmat, C.operator(prob, "gauss_newton").matmat, tr_g, op.dim, *args,
+                                      **budget)
+        return replace(est, method="gn-control")
 
 
 def _gauss_newton_traces(model: nn.Module, x: torch.Tensor, loss: str, batch_size: int | None,
@@ -312,7 +374,7 @@ def relative_flatness_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tenso
                 V[:, j, :, j] = A.T
             V = V.reshape(r * m_in, m_out * m_in)
             kappa = float(E.quadratic_forms(op.matmat, V, probe_batch).double().sum())
-            return Estimate(kappa, 0.0, 0, V.shape[0])
+            return Estimate(kappa, 0.0, 0, V.shape[0], "exact")
         Z = E.rademacher(probes, m_in * m_in, torch.Generator().manual_seed(seed), op.dtype, op.device)
         V = (W[None] @ Z.reshape(probes, m_in, m_in)).reshape(probes, -1)
         return E.estimate(E.quadratic_forms(op.matmat, V, probe_batch), probes, probes)
@@ -351,7 +413,7 @@ def adaptive_sharpness_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tens
             diag = E.diagonal(op.matmat, op.dim, probe_batch, op.dtype, op.device).double()
             total = sum(float((t ** 2 * d).sum()) for t, d in zip(theta.double().split(probe_batch),
                                                                    diag.split(probe_batch)))
-            return Estimate(total, 0.0, 0, op.dim)
+            return Estimate(total, 0.0, 0, op.dim, "exact")
         Z = E.rademacher(probes, op.dim, torch.Generator().manual_seed(seed), op.dtype, op.device) * theta[None]
         return E.estimate(E.quadratic_forms(op.matmat, Z, probe_batch), probes, probes)
 

@@ -83,7 +83,11 @@ MEASURES = {
     # sharpness
     "top_hessian_eigenvalues": ("loss", lambda c: S.top_hessian_eigenvalues(c.model, c.x, c.y, k=1)),
     "top_hessian_eigenpairs": ("loss", lambda c: S.top_hessian_eigenpairs(c.model, c.x, c.y, k=1)),
-    "hessian_trace[hutchinson]": ("loss", lambda c: S.hessian_trace(c.model, c.x, c.y, probes=4)),
+    "hessian_trace[hutchinson]": ("loss", lambda c: S.hessian_trace(c.model, c.x, c.y, probes=4,
+                                                                    method="hutchinson")),
+    "hessian_trace[auto]": ("loss", lambda c: S.hessian_trace(c.model, c.x, c.y, rtol=0.5, max_probes=8)),
+    "hessian_trace[exact Tr G]": ("gauss_newton", lambda c: S.hessian_trace(c.model, c.x, c.y,
+                                                                            curvature="gauss_newton")),
     "hessian_trace[hutch++]": ("loss", lambda c: S.hessian_trace(c.model, c.x, c.y, probes=6, method="hutch++")),
     "hessian_trace[gn-control]": ("loss", lambda c: S.hessian_trace(c.model, c.x, c.y, probes=4,
                                                                     method="gn-control")),

@@ -30,7 +30,7 @@ def test_rademacher_rows_are_plus_or_minus_one_and_reproducible_from_the_seed():
 def test_an_estimate_from_one_sample_has_no_standard_error():
     est = E.estimate(torch.tensor([2.5]), probes=1, matvecs=1, offset=1.0)
     assert est.mean == 3.5 and np.isnan(est.stderr) and float(est) == 3.5
-    assert repr(est) == "Estimate(mean=3.5, stderr=nan, probes=1, matvecs=1)"
+    assert repr(est) == "Estimate(mean=3.5, stderr=nan, probes=1, matvecs=1, method='hutchinson')"
 
 
 def test_quadratic_forms_are_the_rows_vt_a_v():

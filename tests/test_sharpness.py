@@ -98,8 +98,8 @@ def test_gauss_newton_control_variate_is_exact_at_zero_loss():
 def test_hutchinson_stderr_shrinks_with_more_probes():
     model = mlp()
     x, y = seeded_data(model, (4,))
-    few = S.hessian_trace(model, x, y, probes=10, seed=1)
-    many = S.hessian_trace(model, x, y, probes=250, seed=1, probe_batch=50)
+    few = S.hessian_trace(model, x, y, probes=10, seed=1, method="hutchinson")
+    many = S.hessian_trace(model, x, y, probes=250, seed=1, probe_batch=50, method="hutchinson")
     assert many.stderr < 0.5 * few.stderr  # ideal ratio is √25 = 5
 
 
@@ -127,7 +127,7 @@ def test_eigensolver_leaves_the_blas_thread_settings_as_it_found_them():
 def test_hutch_plus_plus_has_smaller_stderr_than_hutchinson_at_equal_budget():
     model = mlp(width=4, depth=1)  # P = 35: a budget of 90 products sketches 30 directions
     x, y = seeded_data(model, (4,))
-    hutch = S.hessian_trace(model, x, y, probes=90, seed=2)
+    hutch = S.hessian_trace(model, x, y, probes=90, seed=2, method="hutchinson")
     hpp = S.hessian_trace(model, x, y, probes=90, seed=2, method="hutch++")
     assert hpp.stderr < hutch.stderr
 
@@ -137,7 +137,7 @@ def test_block_trace_is_within_four_stderr_of_the_diagonal_block_trace():
     x, y = seeded_data(model, (4,))
     H = dense_hessian(model, x, y)
     sl = param_slice(model, "3.weight")
-    est = S.hessian_trace(model, x, y, probes=200, parameters=["3.weight"])
+    est = S.hessian_trace(model, x, y, probes=200, parameters=["3.weight"], method="hutchinson")
     assert abs(est.mean - float(H[sl, sl].trace())) <= 4 * est.stderr
 
 
