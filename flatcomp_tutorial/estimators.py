@@ -174,6 +174,38 @@ def _probes_or_rtol(probes, rtol, max_probes, min_probes) -> tuple[int | None, f
     return check_probes(100 if probes is None else probes), None, max_probes, min_probes
 
 
+__all__ += ["trace_plan", "TRACE_DEFAULT_RTOL", "TRACE_MAX_PROBES"]
+TRACE_DEFAULT_RTOL = 1e-2  # the accuracy of a trace call that gives neither probes nor rtol
+TRACE_MAX_PROBES = 1000
+
+
+def trace_plan(method: str, probes, rtol, max_probes, curvature: str = "hessian",
+               gauss_newton: bool = True) -> tuple[str, int | None, float | None, int]:
+    """Validated ``(method, probes, rtol, max_probes)`` of a trace of H (``curvature="hessian"``) or G, before any
+    product. ``probes`` (a fixed count) and ``rtol`` (a target) exclude each other; neither → ``rtol`` =
+    ``TRACE_DEFAULT_RTOL`` (``probes=100`` for ``"hutch++"``, which takes no ``rtol``). ``method="auto"`` becomes
+    the lowest-variance valid estimator: ``"exact"`` for G; ``"gn-control"`` for H when the loss has a
+    Gauss–Newton matrix (``gauss_newton``); otherwise ``"hutch++"`` at a fixed count of >= 3 probes, else
+    ``"hutchinson"``."""
+    if method not in ("auto",) + TRACE_METHODS:
+        raise ValueError(f"method must be 'auto', 'hutchinson', 'hutch++' or 'gn-control', got {method!r}")
+    if curvature not in ("hessian", "gauss_newton"):
+        raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
+    if method == "gn-control" and curvature != "hessian":
+        raise ValueError("method='gn-control' estimates Tr H as exact Tr G + Hutchinson on H − G; it needs "
+                         "curvature='hessian' (for Tr G itself use gauss_newton_trace, which is exact).")
+    if method == "hutch++" and rtol is not None:
+        raise ValueError("method='hutch++' takes a fixed probe count (its sketch size is a third of the budget), "
+                         "not rtol; use method='hutchinson' or 'gn-control' (or 'auto') with rtol.")
+    if probes is None and rtol is None:
+        probes, rtol = (100, None) if method == "hutch++" else (None, TRACE_DEFAULT_RTOL)
+    probes, rtol, max_probes, _ = _probes_or_rtol(probes, rtol, max_probes, MIN_PROBES)
+    if method == "auto":
+        method = ("exact" if curvature == "gauss_newton" else "gn-control" if gauss_newton
+                  else "hutch++" if probes is not None and probes >= 3 else "hutchinson")
+    return method, (check_probes(probes, method) if probes is not None else None), rtol, max_probes
+
+
 def hutchinson(matmat: Matmat, dim: int, probes: int | None = None, seed: int = 0, probe_batch: int = 32,
                dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
                rtol: float | None = None, max_probes: int = 1000, min_probes: int = MIN_PROBES) -> Estimate:

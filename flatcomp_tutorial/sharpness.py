@@ -118,24 +118,9 @@ def top_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 # --------------------------------------------------------------------------------------------------------------
 # traces
 # --------------------------------------------------------------------------------------------------------------
-TRACE_DEFAULT_RTOL = 1e-2  # hessian_trace's accuracy when neither probes nor rtol is given
-TRACE_MAX_PROBES = 1000
-
-
-def _trace_method(method: str, loss: str, curvature: str, probes: int | None) -> str:
-    """The estimator ``method="auto"`` stands for (see :func:`hessian_trace`); other methods pass unchanged."""
-    if method != "auto":
-        return method
-    if curvature == "gauss_newton":
-        return "exact"
-    if loss in ("mse", "cross_entropy"):  # the losses with a Gauss–Newton matrix and an exact Tr G
-        return "gn-control"
-    return "hutchinson" if probes is None or probes < 3 else "hutch++"
-
-
 def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
                   probes: int | None = None, seed: int = 0, method: str = "auto", rtol: float | None = None,
-                  max_probes: int = TRACE_MAX_PROBES, parameters: Sequence[str] | None = None,
+                  max_probes: int = E.TRACE_MAX_PROBES, parameters: Sequence[str] | None = None,
                   batch_size: int | None = None, probe_batch: int | None = None,
                   curvature: str = "hessian") -> Estimate:
     """Stochastic trace of H (or of its diagonal block for ``parameters``) with Rademacher probes z, at a fixed
@@ -150,10 +135,9 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
     variate; each probe costs 2 products, both counted in ``matvecs``; the exact Tr G, about one backward pass
     per output over the data, is not). Near a minimum R is small, so its variance 2||R||_F² (off-diagonal) is far
     below that of H: on the trained digits MLP the per-probe std drops about 25×. ``"auto"`` (default): the
-    lowest-variance valid estimator: ``"gn-control"`` for ``curvature="hessian"`` (both losses have a
-    Gauss–Newton matrix); for ``curvature="gauss_newton"`` the EXACT Tr G (``method="exact"``, ``stderr`` 0,
-    ``probes`` 0, ``matvecs`` 0); a loss without a Gauss–Newton matrix would get ``"hutch++"`` at a fixed count
-    (``"hutchinson"`` below 3 probes) and ``"hutchinson"`` with ``rtol``.
+    lowest-variance valid estimator (:func:`~flatcomp_tutorial.estimators.trace_plan`): ``"gn-control"`` for
+    ``curvature="hessian"`` (both losses have a Gauss–Newton matrix); for ``curvature="gauss_newton"`` the EXACT
+    Tr G (``method="exact"``, ``stderr`` 0, ``probes`` 0, ``matvecs`` 0).
 
     Accuracy. ``probes=m``: exactly m probes (the numbers of earlier versions for an explicit ``method``).
     ``rtol``: probes in batches from the same seeded stream (the first m are those of ``probes=m``) until
@@ -171,30 +155,8 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
     ``curvature="gauss_newton"`` estimates Tr G instead. Every argument is validated before any product.
     Chapter "Measuring sharpness".
     """
-    if method not in ("auto",) + E.TRACE_METHODS:
-        raise ValueError(f"method must be 'auto', 'hutchinson', 'hutch++' or 'gn-control', got {method!r}")
-    if curvature not in C.CURVATURES:
-        raise ValueError(f"curvature must be 'hessian' or 'gauss_newton', got {curvature!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if method == "gn-control" and curvature != "hessian":
-        raise ValueError("method='gn-control' estimates Tr H as exact Tr G + Hutchinson on H − G; it needs "
-                         "curvature='hessian' (for Tr G itself use gauss_newton_trace, which is exact).")
-    if probes is not None and rtol is not None:
-        raise ValueError(f"give either probes (a fixed count) or rtol (a target accuracy), not both; got "
-                         f"probes={probes!r}, rtol={rtol!r}")
-    if method == "hutch++" and rtol is not None:
-        raise ValueError("method='hutch++' takes a fixed probe count (its sketch size is a third of the budget), "
-                         "not rtol; use method='hutchinson' or 'gn-control' (or 'auto') with rtol.")
-    if probes is None and rtol is None:
-        probes, rtol = (100, None) if method == "hutch++" else (None, TRACE_DEFAULT_RTOL)
+    method, probes, rtol, max_probes = E.trace_plan(method, probes, rtol, max_probes, curvature)
     seed = E.check_seed(seed)
-    max_probes, _ = E.check_probe_budget(max_probes)
-    if rtol is not None:
-        rtol = E.check_rtol(rtol)
-    method = _trace_method(method, loss, curvature, None if probes is None else E.check_probes(probes))
-    if probes is not None:
-        probes = E.check_probes(probes, method)
     if probe_batch is not None:
         check_count(probe_batch, "probe_batch")
     with measurement_mode(model):

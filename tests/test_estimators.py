@@ -109,6 +109,52 @@ def test_control_variate_is_within_four_standard_errors_and_tighter_than_hutchin
     assert abs(est.mean - float(A.trace())) <= 4 * est.stderr and est.stderr < 0.1 * plain.stderr
 
 
+# ------------------------------------------------------------------------------------------------ accuracy on request
+def test_with_rtol_hutchinson_draws_probes_until_the_stderr_is_at_most_rtol_times_the_mean():
+    A = psd(seed=3)
+    est = E.hutchinson(matmat(A), 30, rtol=0.02, seed=1)
+    assert est.stderr <= 0.02 * abs(est.mean) and est.probes >= E.MIN_PROBES and est.matvecs == est.probes
+    assert est.method == "hutchinson" and abs(est.mean - float(A.trace())) <= 4 * est.stderr
+
+
+def test_an_adaptive_call_uses_the_first_probes_of_the_fixed_count_call_with_the_same_seed():
+    A = psd(seed=3)
+    adaptive = E.hutchinson(matmat(A), 30, rtol=0.02, seed=5, probe_batch=7)
+    fixed = E.hutchinson(matmat(A), 30, probes=adaptive.probes, seed=5)
+    assert close(adaptive.mean, fixed.mean, rtol=1e-12) and close(adaptive.stderr, fixed.stderr, rtol=1e-10)
+
+
+def test_with_rtol_the_control_variate_counts_two_products_per_probe_and_aims_at_the_full_trace():
+    B, R = psd(seed=1), 0.05 * symmetric(seed=2)
+    est = E.control_variate_trace(matmat(B + R), matmat(B), float(B.trace()), 30, rtol=1e-3, seed=3)
+    assert est.stderr <= 1e-3 * abs(est.mean) and est.matvecs == 2 * est.probes
+    assert est.method == "control-variate" and abs(est.mean - float((B + R).trace())) <= 4 * est.stderr
+
+
+def test_a_zero_variance_estimate_stops_after_the_minimum_number_of_probes():
+    D = torch.diag(torch.arange(1.0, 11.0, dtype=F64))
+    est = E.hutchinson(matmat(D), 10, rtol=1e-6)
+    assert est.probes == E.MIN_PROBES and close(est.mean, 55.0) and est.stderr == 0.0
+
+
+def test_the_max_probes_cap_warns_with_the_relative_error_reached_and_returns_its_estimate():
+    A = symmetric(seed=4)
+    with pytest.warns(RuntimeWarning, match=r"max_probes = 20 probes reached with relative standard error"):
+        est = E.hutchinson(matmat(A), 30, rtol=1e-4, max_probes=20, seed=2)
+    assert est.probes == 20 and close(est.mean, E.hutchinson(matmat(A), 30, probes=20, seed=2).mean, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(probes=10, rtol=0.1), "either probes .* or rtol"),
+    (dict(rtol=0.0), "rtol"), (dict(rtol=1.0), "rtol"), (dict(rtol=float("nan")), "rtol"), (dict(rtol=True), "rtol"),
+    (dict(rtol=0.1, min_probes=4), "min_probes"), (dict(rtol=0.1, max_probes=7), "max_probes"),
+    (dict(rtol=0.1, max_probes=2.5), "max_probes"),
+])
+def test_bad_accuracy_options_are_refused_before_any_product(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        E.hutchinson(lambda V: pytest.fail("a product was started"), 30, **kwargs)
+
+
 @pytest.mark.parametrize("estimator", ["hutchinson", "hutch_plus_plus", "control_variate_trace"])
 def test_probe_batch_groups_the_products_without_changing_the_estimate(estimator):
     A, B = symmetric(), psd()

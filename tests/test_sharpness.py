@@ -113,6 +113,101 @@ def test_trace_estimate_does_not_depend_on_how_many_probes_are_batched(method):
         assert close(est.mean, ests[0].mean, rtol=1e-10) and close(est.stderr, ests[0].stderr, rtol=1e-8)
 
 
+# ------------------------------------------------------------------------------------------------ traces at a target accuracy
+def _near_fit(loss="mse"):
+    """A small float64 net with targets near its outputs: away from a minimum (H ≠ G) but with a modest residual."""
+    model = mlp()
+    x, noise = seeded_data(model, (4,))
+    if loss == "cross_entropy":
+        return model, x, class_labels(12, 3)
+    with torch.no_grad():
+        return model, x, model(x) + 0.3 * noise
+
+
+def test_with_rtol_the_trace_is_estimated_until_its_stderr_is_at_most_rtol_times_the_mean():
+    model, x, y = _near_fit()
+    est = S.hessian_trace(model, x, y, rtol=0.05, seed=1)
+    assert est.stderr <= 0.05 * abs(est.mean) and est.probes >= E.MIN_PROBES
+    assert abs(est.mean - float(dense_hessian(model, x, y).trace())) <= 4 * est.stderr
+
+
+def test_without_probes_or_rtol_the_trace_is_estimated_to_one_percent():
+    model, x, y = _near_fit()
+    est = S.hessian_trace(model, x, y)
+    assert est.stderr <= E.TRACE_DEFAULT_RTOL * abs(est.mean) and E.TRACE_DEFAULT_RTOL == 1e-2
+
+
+def test_the_max_probes_cap_warns_and_returns_the_estimate_of_the_probes_used():
+    model, x, y = _near_fit()
+    with pytest.warns(RuntimeWarning, match="max_probes = 12 probes reached"):
+        est = S.hessian_trace(model, x, y, rtol=1e-4, max_probes=12, seed=2)
+    fixed = S.hessian_trace(model, x, y, probes=12, seed=2, method="gn-control")
+    assert est.probes == 12 and close(est.mean, fixed.mean, rtol=1e-10)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_auto_uses_the_gauss_newton_control_variate_and_counts_two_products_per_probe(loss):
+    model, x, y = _near_fit(loss)
+    est = S.hessian_trace(model, x, y, loss=loss, probes=10)
+    assert est.method == "gn-control" and (est.probes, est.matvecs) == (10, 20)
+    assert abs(est.mean - float(dense_hessian(model, x, y, loss).trace())) <= 4 * est.stderr
+
+
+def test_auto_on_a_parameter_block_is_the_control_variate_of_that_diagonal_block():
+    model, x, y = _near_fit()
+    sl = param_slice(model, "3.weight")
+    est = S.hessian_trace(model, x, y, rtol=0.05, parameters=["3.weight"])
+    assert est.method == "gn-control"
+    assert abs(est.mean - float(dense_hessian(model, x, y)[sl, sl].trace())) <= 4 * est.stderr
+
+
+def test_auto_for_the_gauss_newton_curvature_is_the_exact_trace_at_no_product():
+    model, x, _ = _near_fit()
+    est = S.hessian_trace(model, x, None, curvature="gauss_newton")
+    assert (est.method, est.stderr, est.probes, est.matvecs) == ("exact", 0.0, 0, 0)
+    assert close(est.mean, float(dense_gauss_newton(model, x).trace()))
+
+
+def test_auto_without_a_gauss_newton_matrix_falls_back_to_hutch_plus_plus_or_hutchinson():
+    """The documented rule for a loss without a Gauss–Newton matrix (both losses of the book have one)."""
+    assert E.trace_plan("auto", 30, None, 1000, gauss_newton=False)[0] == "hutch++"
+    assert E.trace_plan("auto", 2, None, 1000, gauss_newton=False)[0] == "hutchinson"
+    assert E.trace_plan("auto", None, 0.1, 1000, gauss_newton=False)[0] == "hutchinson"
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "gn-control"])
+def test_an_explicit_method_is_named_in_the_estimate(method):
+    model, x, y = _near_fit()
+    assert S.hessian_trace(model, x, y, probes=6, method=method).method == method
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(probes=10, rtol=0.1), "either probes .* or rtol"),
+    (dict(method="hutch++", rtol=0.1), "hutch\\+\\+' takes a fixed probe count"),
+    (dict(rtol=0.0), "rtol"), (dict(rtol=1.5), "rtol"), (dict(rtol=float("inf")), "rtol"), (dict(rtol="1%"), "rtol"),
+    (dict(rtol=0.1, max_probes=4), "max_probes"), (dict(max_probes=True), "max_probes"),
+    (dict(curvature="fisher"), "curvature"),
+])
+def test_bad_accuracy_options_are_refused_before_any_product(monkeypatch, kwargs, match):
+    model, x, y = _near_fit()
+    monkeypatch.setattr(C, "operator", lambda *a, **k: pytest.fail("a product was started"))
+    monkeypatch.setattr(C, "gauss_newton_parameter_traces", lambda *a, **k: pytest.fail("Tr G was started"))
+    with pytest.raises(ValueError, match=match):
+        S.hessian_trace(model, x, y, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(rtol=0.05), dict(probes=16), dict(probes=16, method="hutchinson")],
+                         ids=["auto-rtol", "auto-fixed", "hutchinson-fixed"])
+def test_the_error_bars_are_honest_over_fifty_seeds(kwargs):
+    """Away from a minimum (H ≠ G), the exact Tr H (dense) lies within 2 reported stderr in >= 90 % of 50 seeds
+    (measured over 400 seeds: 92 % adaptive gn-control, 93-95 % fixed counts; 95 % for Gaussian errors)."""
+    model, x, y = _near_fit()
+    exact = float(dense_hessian(model, x, y).trace())
+    ests = [S.hessian_trace(model, x, y, seed=seed, **kwargs) for seed in range(50)]
+    covered = np.mean([abs(e.mean - exact) <= 2 * e.stderr for e in ests])
+    assert covered >= 0.9, covered
+
+
 def test_eigensolver_leaves_the_blas_thread_settings_as_it_found_them():
     """ARPACK's BLAS runs single-threaded during eigsh (its spinning threads starve torch); restored afterwards."""
     from threadpoolctl import threadpool_info
