@@ -258,3 +258,78 @@ def test_eigenpairs_are_reproducible_from_the_seed():
     A = symmetric(dim=40, seed=11)
     a, b = (E.eigenpairs(matmat(A), 40, k=2, seed=3) for _ in range(2))
     assert np.array_equal(a.values, b.values) and a.matvecs == b.matvecs
+
+
+# ------------------------------------------------------------------------------------------------ certified eigenpairs
+def _separated(seed: int) -> torch.Tensor:
+    """A 50×50 matrix whose top and bottom three eigenvalues are simple and separated from the rest (no clusters:
+    a single-vector method can confuse eigenvalues closer together than its residual)."""
+    r = np.random.default_rng(seed)
+    return with_spectrum(np.r_[r.uniform(-1, 1, 44), [-6.0, -4.5, -3.0, 3.0, 4.5, 6.0] * r.uniform(0.9, 1.1, 6)],
+                         seed=seed)
+
+
+@pytest.mark.parametrize("which, k, block_size, kato_temple", [
+    ("LA", 1, None, False), ("LA", 3, 3, False), ("SA", 2, None, False), ("LA", 2, 4, True), ("LM", 2, None, False)])
+def test_block_eigenpairs_certified_intervals_contain_the_exact_eigenvalues_over_many_seeds(which, k, block_size,
+                                                                                          kato_temple):
+    """Over 20 problems: every returned interval contains the exact eigenvalue of its rank (eigvalsh), the
+    half-width is at most rtol·|θ| and the returned residuals are those of the returned vectors."""
+    for seed in range(20):
+        A = _separated(seed)
+        exact = np.linalg.eigvalsh(A.numpy())
+        want = {"LA": exact[::-1], "SA": exact, "LM": exact[np.argsort(-np.abs(exact))]}[which][:k]
+        pairs = E.block_eigenpairs(matmat(A), 50, k=k, which=which, rtol=1e-3, block_size=block_size, seed=seed,
+                                   kato_temple=kato_temple)
+        assert pairs.method == "block-lanczos" and pairs.bounds.shape == (k, 2) and pairs.vectors.shape == (50, k)
+        assert ((pairs.bounds[:, 0] <= want) & (want <= pairs.bounds[:, 1])).all(), (seed, pairs, want)
+        assert (pairs.bounds[:, 1] - pairs.values <= 1e-3 * np.abs(pairs.values)).all()
+        res = np.linalg.norm(A.numpy() @ pairs.vectors - pairs.vectors * pairs.values, axis=0)
+        assert close(pairs.residuals, res, rtol=1e-6, atol=1e-12)
+        if not kato_temple:
+            assert (pairs.residuals <= 1e-3 * np.abs(pairs.values)).all()
+
+
+def test_block_eigenpairs_reach_tight_rtol_and_are_reproducible_from_the_seed():
+    A = _separated(3)
+    a, b = (E.block_eigenpairs(matmat(A), 50, k=2, rtol=1e-9, seed=5) for _ in range(2))
+    assert np.array_equal(a.values, b.values) and a.matvecs == b.matvecs
+    assert close(a.values, np.linalg.eigvalsh(A.numpy())[::-1][:2], rtol=1e-9)
+
+
+def test_kato_temple_needs_fewer_products_than_the_residual_bound_for_a_separated_top_eigenvalue():
+    A = with_spectrum(np.r_[np.linspace(0.0, 1.0, 59), [10.0]], seed=2)
+    plain = E.block_eigenpairs(matmat(A), 60, rtol=1e-6, block_size=2)
+    kt = E.block_eigenpairs(matmat(A), 60, rtol=1e-6, block_size=2, kato_temple=True)
+    assert kt.matvecs < plain.matvecs and kt.bounds[0, 0] <= 10.0 <= kt.bounds[0, 1]
+
+
+def test_certified_half_widths_use_kato_temple_only_with_a_resolved_neighbour():
+    theta, eps = np.array([5.0, 1.0]), np.array([0.1, 0.01])
+    assert close(E.certified_half_widths(theta, eps, True, False), [0.1 ** 2 / (5.0 - 1.01), 0.01])
+    assert close(E.certified_half_widths(theta, np.array([0.1, 1.0]), True, False), [0.1, 1.0])  # 1.0 > 0.1·gap
+
+
+def test_block_eigenpairs_warn_with_the_residuals_when_maxiter_is_reached():
+    with pytest.warns(RuntimeWarning, match=r"not certified to rtol=1e-08.*relative residuals"):
+        pairs = E.block_eigenpairs(matmat(symmetric(dim=60, seed=1)), 60, rtol=1e-8, maxiter=3)
+    assert pairs.matvecs == 4 and pairs.residuals[0] > 0
+
+
+def test_eigsh_path_reports_residuals_and_bounds_from_one_extra_product():
+    A = symmetric(dim=40, seed=10)
+    pairs = E.eigenpairs(matmat(A), 40, k=2, tol=1e-10)
+    exact = np.linalg.eigvalsh(A.numpy())[::-1][:2]
+    assert pairs.method == "arpack" and ((pairs.bounds[:, 0] <= exact) & (exact <= pairs.bounds[:, 1])).all()
+    assert (pairs.residuals < 1e-7).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rtol=0.0), "rtol"), (dict(rtol=1.0), "rtol"), (dict(rtol=float("nan")), "rtol"),
+    (dict(k=2, block_size=1), "block_size"), (dict(block_size=2.0), "block_size"), (dict(maxiter=0), "maxiter"),
+    (dict(which="BE"), "which must be"), (dict(k=30), "k must"), (dict(seed=-1), "seed")])
+def test_block_eigenpairs_refuse_bad_arguments_before_any_product(kwargs, match):
+    calls = []
+    with pytest.raises(ValueError, match=match):
+        E.block_eigenpairs(lambda V: calls.append(V) or V, 30, **kwargs)
+    assert calls == []

@@ -215,7 +215,7 @@ def test_eigensolver_leaves_the_blas_thread_settings_as_it_found_them():
     before = [(d["filepath"], d["num_threads"]) for d in threadpool_info()]
     model = mlp()
     x, y = seeded_data(model, (4,))
-    S.top_hessian_eigenvalues(model, x, y, k=2)
+    S.top_hessian_eigenvalues(model, x, y, k=2, tol=1e-6)
     assert [(d["filepath"], d["num_threads"]) for d in threadpool_info()] == before
 
 
@@ -633,3 +633,46 @@ def test_estimators_know_nothing_of_networks_or_curvature():
     """The estimators take any matvec: no torch.nn, no curvature, no model in sight."""
     imported = _imported_modules("estimators")
     assert not any(m.startswith("torch.nn") or m.endswith("curvature") or m.endswith("models") for m in imported)
+
+
+# ------------------------------------------------------------------------------------------------ certified eigenvalues
+def test_certified_top_eigenvalues_contain_the_dense_eigenvalues_on_twenty_networks():
+    """Block Lanczos (the default solver): over 20 small networks (tanh/relu/gelu MLPs, seeds), each certified
+    interval holds the exact eigenvalue of its rank and the residual is at most rtol·|θ|."""
+    for seed in range(20):
+        model = mlp(activation=("tanh", "relu", "gelu")[seed % 3], seed=seed)
+        x, y = seeded_data(model, (4,), seed=seed)
+        exact = torch.linalg.eigvalsh(dense_hessian(model, x, y)).numpy()[::-1][:2]
+        pairs = S.top_hessian_eigenpairs(model, x, y, k=2, rtol=1e-4, seed=seed)
+        assert pairs.method == "block-lanczos"
+        assert ((pairs.bounds[:, 0] <= exact) & (exact <= pairs.bounds[:, 1])).all(), (seed, pairs.bounds, exact)
+        assert (pairs.residuals <= 1e-4 * np.abs(pairs.values)).all()
+
+
+def test_default_eigenvalues_are_certified_to_one_in_a_thousand():
+    model = mlp()
+    x, y = seeded_data(model, (4,))
+    exact = float(torch.linalg.eigvalsh(dense_hessian(model, x, y))[-1])
+    vals = S.top_hessian_eigenvalues(model, x, y, k=1, rtol=1e-3)
+    pairs = S.top_hessian_eigenpairs(model, x, y)
+    assert isinstance(vals, np.ndarray) and vals.shape == (1,) and np.array_equal(vals, pairs.values)
+    assert abs(vals[0] - exact) <= 1e-3 * exact and pairs.bounds[0, 0] <= exact <= pairs.bounds[0, 1]
+
+
+def test_tol_still_selects_eigsh_with_bounds():
+    model = mlp()
+    x, y = seeded_data(model, (4,))
+    pairs = S.top_hessian_eigenpairs(model, x, y, k=2, tol=1e-10)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y)).numpy()[::-1][:2]
+    assert pairs.method == "arpack" and ((pairs.bounds[:, 0] <= exact) & (exact <= pairs.bounds[:, 1])).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rtol=0.0), "rtol"), (dict(rtol=1.5), "rtol"), (dict(k=2, block_size=1), "block_size"),
+    (dict(tol=1e-6, rtol=1e-3), "one or the other"), (dict(ncv=8), "ncv"), (dict(kato_temple=1), "kato_temple"),
+    (dict(rtol=1e-3, maxiter=0), "maxiter")])
+def test_bad_certified_eigenvalue_arguments_are_refused(kwargs, match):
+    model = mlp()
+    x, y = seeded_data(model, (4,))
+    with pytest.raises(ValueError, match=match):
+        S.top_hessian_eigenvalues(model, x, y, **kwargs)
