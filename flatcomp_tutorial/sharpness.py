@@ -2,7 +2,8 @@
 
 The named measures, each a short composition of a curvature operator (:mod:`flatcomp_tutorial.curvature`: H v,
 G v, the exact Tr G) and an estimator over any matrix-vector product (:mod:`flatcomp_tutorial.estimators`:
-Hutchinson, Hutch++, control variate, Lanczos, SLQ, eigsh). Every public function returns one type.
+Hutchinson, Hutch++, control variate; :mod:`flatcomp_tutorial.krylov`: Lanczos, SLQ, eigensolvers). Every public
+function returns one type.
 
 Conventions (printed next to every number in the book):
 
@@ -28,11 +29,11 @@ Conventions (printed next to every number in the book):
 * Counts (``k``, ``probes``, ``n_vectors``, ``lanczos_steps``, ``batch_size``, ...) must be integers (numpy
   integers too); booleans and fractions are refused.
 
-Reparametrisation (ReLU nets): W_l, b_l → cW_l, cb_l and W_{l+1} → W_{l+1}/c leaves f unchanged but
-changes Tr H and λ_max. The relative flatness κ is unchanged for BOTH layers involved (κ_l and κ_{l+1}; with G
-in place of H see identity B8), and so is the adaptive sharpness S_ad. Under neuron-wise rescaling (a different
-c_s per hidden unit s: row s of W_l, b_l times c_s, column s of W_{l+1} divided by c_s) S_ad and κ_l (the layer
-whose rows are rescaled) stay invariant, but κ_{l+1} changes (verified numerically in tests/test_sharpness.py).
+Reparametrisation (ReLU nets; appendix entry "Reparametrisation"): rescaling W_l, b_l → cW_l, cb_l and
+W_{l+1} → W_{l+1}/c changes Tr H and λ_max but not κ_l, κ_{l+1} (identity B8 with G) nor S_ad (tests/test_sharpness.py).
+
+Slightly longer than the usual 400 lines: every named sharpness measure of the book lives here, each with the
+conventions its docstring must state; the machinery is in curvature, estimators and krylov.
 
 Symbols: Appendix "Notation and conventions", entries λ_max, Tr H, Tr G, block traces, relative flatness κ_l,
 adaptive sharpness, spectral density.
@@ -49,9 +50,11 @@ from torch import nn
 
 from . import curvature as C
 from . import estimators as E
-from .checks import NotFiniteError, check_count, check_flag, check_real, measurement_mode
+from . import krylov as K
+from .checks import NotFiniteError, check_count, check_real, measurement_mode
 from .curvature import ggnvp, hvp  # re-exported: the chapters call sharpness.hvp
-from .estimators import Eigenpairs, Estimate
+from .estimators import Estimate
+from .krylov import Eigenpairs
 from .layers import dense_layer, dense_layers, weight_key
 from .losses import LOSSES
 
@@ -99,39 +102,28 @@ def top_hessian_eigenpairs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k
     returned ascending (most negative first); ``"LM"``: largest magnitude, by descending |λ|.
 
     * ``tol`` given: implicitly restarted Lanczos (ARPACK's ``eigsh``, ``tol`` its relative accuracy, ``ncv``).
-    * otherwise: block Lanczos (:func:`~flatcomp_tutorial.estimators.block_eigenpairs`) over batched HVPs that
+    * otherwise: block Lanczos (:func:`~flatcomp_tutorial.krylov.block_eigenpairs`) over batched HVPs that
       reuse one cached gradient graph, ``block_size`` vectors per product (default k), until each value is
       certified to relative accuracy ``rtol`` (default 1e-3): ‖H v − θ v‖ ≤ rtol·|θ|, or with ``kato_temple``
       the sharper ‖r‖²/gap (assumes no unresolved eigenvalue between neighbouring Ritz values).
 
-    Default (neither ``tol`` nor ``rtol``): rtol = 1e-3 by block Lanczos. Measured on the trained digits MLP
-    (64-128-128-10 tanh, 1797 samples, float32, 2 CPU threads; benchmarks/bench_sharpness.py): λ_max certified to
-    ≤ 1e-3 relative, actual error about 1e-6 (the eigenvalue error is of order ‖r‖²/gap). The certificate holds for
-    SOME eigenvalue; that it is λᵢ itself assumes Lanczos missed no eigenvalue (probability ~1 from a random start,
-    but eigenvalues closer together than the residual can be confused; a ``block_size`` ≥ the cluster size
-    resolves them). ``maxiter`` caps the products (a RuntimeWarning states the residuals reached).
+    Default (neither ``tol`` nor ``rtol``): rtol = 1e-3 by block Lanczos; on the trained digits MLP of
+    benchmarks/bench_sharpness.py λ_max is certified to ≤ 1e-3 with an actual error about 1e-6 (of order ‖r‖²/gap).
+    The certificate holds for SOME eigenvalue; that it is λᵢ assumes no eigenvalue was missed (probability ~1 from a
+    random start; eigenvalues closer than the residual can be confused: use ``block_size`` ≥ the cluster size).
+    ``maxiter`` caps the products (a RuntimeWarning states the residuals reached).
 
-    Returns :class:`~flatcomp_tutorial.estimators.Eigenpairs`: ``values`` (k,), unit ``vectors`` (P, k), the
+    Returns :class:`~flatcomp_tutorial.krylov.Eigenpairs`: ``values`` (k,), unit ``vectors`` (P, k), the
     number of HVPs ``matvecs``, ``residuals`` ‖H vᵢ − λᵢ vᵢ‖ (one extra product), ``bounds`` (k, 2) and
     ``method``. Chapter "Measuring sharpness".
     """
-    kato_temple = check_flag(kato_temple, "kato_temple")
-    if tol is not None and (rtol is not None or block_size is not None or kato_temple):
-        raise ValueError("tol selects ARPACK's eigsh; rtol, block_size and kato_temple select the certified block "
-                         "Lanczos solver. Pass one or the other.")
-    if tol is not None:
-        which, tol, seed, ncv, maxiter = E.check_eigen_options(which, tol, seed, ncv, maxiter)
-    else:
-        if ncv is not None:
-            raise ValueError("ncv is ARPACK's (pass tol to use eigsh); the block solver takes block_size.")
-        k = E.check_k(k, 2 ** 62)
-        which, rtol, block_size, seed, maxiter = E.check_block_options(k, which, 1e-3 if rtol is None else rtol,
-                                                                         block_size, seed, maxiter)
+    k, which, tol, rtol, block_size, kato_temple, seed, ncv, maxiter = K.eigen_plan(
+        k, which, tol, rtol, block_size, kato_temple, seed, ncv, maxiter)
     with measurement_mode(model):
         op = C.operator(C.problem(model, x, y, loss, batch_size, parameters))
         if tol is not None:
-            return E.eigenpairs(op.matmat, op.dim, k, which, tol, seed, ncv, maxiter, op.dtype, op.device)
-        return E.block_eigenpairs(op.matmat, op.dim, k, which, rtol, block_size, seed, maxiter, kato_temple,
+            return K.eigenpairs(op.matmat, op.dim, k, which, tol, seed, ncv, maxiter, op.dtype, op.device)
+        return K.block_eigenpairs(op.matmat, op.dim, k, which, rtol, block_size, seed, maxiter, kato_temple,
                                   op.dtype, op.device)
 
 
@@ -280,7 +272,7 @@ def slq_nodes_weights(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: 
             V0, _ = prob.as_vectors(start_vectors, "start_vectors")
             if (V0.norm(dim=1) == 0).any():
                 raise ValueError("start_vectors must be non-zero.")
-        return E.slq(C.operator(prob).matmat, V0, lanczos_steps)
+        return K.slq(C.operator(prob).matmat, V0, lanczos_steps)
 
 
 def hessian_spectral_density(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",

@@ -12,10 +12,10 @@ import flatcomp_tutorial
 PACKAGE = Path(flatcomp_tutorial.__file__).parent
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
-MEASURE_MODULES = ("curvature", "estimators", "sharpness", "geometry", "bounds", "robustness", "invariance")
+MEASURE_MODULES = ("curvature", "estimators", "krylov", "sharpness", "geometry", "bounds", "robustness", "invariance")
 NOT_FOR_MEASURES = {"training", "sweeps", "store", "presets", "figures", "widgets", "batch"}
 NOT_FOR_TRAINING = {"sweeps", "store", "presets", "figures", "widgets", "batch"}
-LONG_MODULES = ("curvature", "training", "data", "bounds", "estimators")  # over ~400 lines, each says why in its docstring
+LONG_MODULES = ("curvature", "training", "data", "bounds", "sharpness")  # over ~400 lines, each says why in its docstring
 MAX_LINES = 400
 
 

@@ -26,6 +26,7 @@ from torch import nn
 import flatcomp_tutorial
 from flatcomp_tutorial import curvature as C
 from flatcomp_tutorial import estimators as E
+from flatcomp_tutorial import krylov as K
 from flatcomp_tutorial import sharpness as S
 from flatcomp_tutorial.layers import dense_layers
 
@@ -576,7 +577,7 @@ def test_top_hessian_eigenvalues_are_the_values_of_the_eigenpairs():
     vals = S.top_hessian_eigenvalues(model, x, y, k=2, tol=1e-10)
     pairs = S.top_hessian_eigenpairs(model, x, y, k=2, tol=1e-10)
     assert isinstance(vals, np.ndarray) and vals.shape == (2,) and np.array_equal(vals, pairs.values)
-    assert isinstance(pairs, E.Eigenpairs) and pairs.vectors.shape == (flat_params(model).numel(), 2)
+    assert isinstance(pairs, K.Eigenpairs) and pairs.vectors.shape == (flat_params(model).numel(), 2)
 
 
 @pytest.mark.parametrize("method", ["exact", "hutchinson"])
