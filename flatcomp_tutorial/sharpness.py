@@ -195,8 +195,8 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str 
         if method == "hutch++":
             return E.hutch_plus_plus(op.matmat, op.dim, *args)
         tr_g = sum(C.gauss_newton_parameter_traces(prob).values())
-        est = E.control_variate_trace(op.matmat, C.operator(prob, "gauss_newton").matmat, tr_g, op.dim, *args,
-                                      **budget)
+        gn = C.operator(prob, "gauss_newton")
+        est = E.control_variate_trace(op.matmat, gn.matmat, tr_g, op.dim, *args, **budget, base_forms=gn.forms)
         return replace(est, method="gn-control")
 
 

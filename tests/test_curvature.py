@@ -158,6 +158,17 @@ def test_gauss_newton_operator_multiplies_by_the_dense_gauss_newton_matrix_witho
     assert close(C.gauss_newton_operator(model, x, loss=loss).matmat(V), V @ G)
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_gauss_newton_quadratic_forms_equal_the_dense_forms(loss):
+    """forms(V) = (vᵢᵀ G vᵢ)ᵢ from one jvp per vector, for one vector and for a batch."""
+    model = mlp()
+    x, _ = seeded_data(model, (4,))
+    G = dense_gauss_newton(model, x, loss)
+    V = torch.randn(5, G.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    forms = C.gauss_newton_operator(model, x, loss=loss).forms
+    assert close(forms(V), ((V @ G) * V).sum(1)) and close(forms(V[:1]), ((V[:1] @ G) * V[:1]).sum(1))
+
+
 def test_operator_probe_batch_is_a_positive_group_size():
     model = mlp()
     x, y = seeded_data(model, (4,))

@@ -187,3 +187,13 @@ def test_estimators_call_the_matvec_in_the_requested_dtype():
 def test_bad_counts_and_choices_are_refused_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_control_variate_with_base_forms_equals_the_one_with_base_products():
+    """Giving the quadratic forms zᵀBz instead of the products Bz changes the cost, not the estimate."""
+    A, B = symmetric(dim=30, seed=1), psd(dim=30, seed=2)
+    by_products = E.control_variate_trace(matmat(A), matmat(B), float(B.trace()), 30, probes=16, seed=3)
+    by_forms = E.control_variate_trace(matmat(A), matmat(B), float(B.trace()), 30, probes=16, seed=3,
+                                       base_forms=lambda Z: ((Z @ B) * Z).sum(1))
+    assert close(by_forms.mean, by_products.mean) and close(by_forms.stderr, by_products.stderr)
+    assert by_forms.matvecs == by_products.matvecs
