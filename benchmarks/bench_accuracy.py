@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -61,14 +60,7 @@ def lenet_problem(seed: int = 0, steps: int = 300):
     x = torch.tensor(x).reshape(-1, 1, 8, 8)
     y = torch.nn.functional.one_hot(torch.tensor((digits.target[keep] == 8).astype(np.int64)), 2).float()
     model = make_model("lenet", (1, 8, 8), 2, seed=seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = 0.5 * ((model(x) - y) ** 2).sum() / x.shape[0]
-        loss.backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval(), x, y, float(loss.detach())
+    return BS.train_full_batch(model, x, y, steps)
 
 
 def _pyhessian():
@@ -132,28 +124,12 @@ def _peer_calls(model, x, y, ref_lam, notes, cleanup):
     # ---- curvlinops: HessianLinearOperator + eigsh at the cheapest (ncv, tol) that meets the target
     try:
         from curvlinops import HessianLinearOperator, hutchinson_trace
-        from scipy.sparse.linalg import LinearOperator, eigsh
-        from threadpoolctl import threadpool_limits
 
         def make_op():
             return HessianLinearOperator(model, BS._HalfSSE(n), params, [(x, y)], check_deterministic=False)
 
         def cl_eig(ncv, tol, limit_blas=False):
-            A = make_op().to_scipy()
-            count = [0]
-
-            def mv(w):
-                count[0] += 1
-                return A @ w
-
-            L = LinearOperator(A.shape, matvec=mv, dtype=np.float32)
-            v0 = np.random.default_rng(0).standard_normal(P)
-            if limit_blas:
-                with threadpool_limits(limits=1, user_api="blas"):
-                    val = eigsh(L, k=1, which="LA", tol=tol, ncv=ncv, v0=v0)[0][0]
-            else:
-                val = eigsh(L, k=1, which="LA", tol=tol, ncv=ncv, v0=v0)[0][0]
-            return float(val), count[0]
+            return BS.curvlinops_top_eigenvalue(make_op, P, ncv, tol, limit_blas)
 
         ok = []
         for ncv in EIG_NCV:  # per ncv the largest tol that meets the target (smaller tols cost more products)
@@ -369,8 +345,4 @@ def main(threads: int = 2) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        print(main())
-    except Exception:  # pragma: no cover
-        traceback.print_exc()
-        raise
+    print(main())
