@@ -148,7 +148,7 @@ def apply_in_groups(matmat: Matmat, V: torch.Tensor, probe_batch: int) -> torch.
 # --------------------------------------------------------------------------------------------------------------
 # traces and diagonals
 # --------------------------------------------------------------------------------------------------------------
-def _probes_or_rtol(probes, rtol, max_probes, min_probes) -> tuple[int | None, float | None, int, int]:
+def probes_or_rtol(probes, rtol, max_probes, min_probes) -> tuple[int | None, float | None, int, int]:
     """Validated ``(probes, rtol, max_probes, min_probes)``: a fixed count or a target, not both; neither → 100."""
     if probes is not None and rtol is not None:
         raise ValueError(f"give either probes (a fixed count) or rtol (a target accuracy), not both; got "
@@ -159,7 +159,7 @@ def _probes_or_rtol(probes, rtol, max_probes, min_probes) -> tuple[int | None, f
     return check_probes(100 if probes is None else probes), None, max_probes, min_probes
 
 
-__all__ += ["trace_plan", "TRACE_DEFAULT_RTOL", "TRACE_MAX_PROBES"]
+__all__ += ["probes_or_rtol", "trace_plan", "TRACE_DEFAULT_RTOL", "TRACE_MAX_PROBES"]
 TRACE_DEFAULT_RTOL = 1e-2  # the accuracy of a trace call that gives neither probes nor rtol
 TRACE_MAX_PROBES = 1000
 
@@ -184,7 +184,7 @@ def trace_plan(method: str, probes, rtol, max_probes, curvature: str = "hessian"
                          "not rtol; use method='hutchinson' or 'gn-control' (or 'auto') with rtol.")
     if probes is None and rtol is None:
         probes, rtol = (100, None) if method == "hutch++" else (None, TRACE_DEFAULT_RTOL)
-    probes, rtol, max_probes, _ = _probes_or_rtol(probes, rtol, max_probes, MIN_PROBES)
+    probes, rtol, max_probes, _ = probes_or_rtol(probes, rtol, max_probes, MIN_PROBES)
     if method == "auto":
         method = ("exact" if curvature == "gauss_newton" else "gn-control" if gauss_newton
                   else "hutch++" if probes is not None and probes >= 3 else "hutchinson")
@@ -197,7 +197,7 @@ def hutchinson(matmat: Matmat, dim: int, probes: int | None = None, seed: int = 
     """Tr A ≈ (1/m) Σ_k z_kᵀ A z_k with m = ``probes`` Rademacher z (Var = 2 Σ_{i≠j} A_ij² per probe; default
     100 probes). With ``rtol`` instead: probes in batches until stderr <= ``rtol``·|mean| (:func:`sample_until`;
     at least ``min_probes``, at most ``max_probes``, with a ``RuntimeWarning`` at the cap)."""
-    probes, rtol, max_probes, min_probes = _probes_or_rtol(probes, rtol, max_probes, min_probes)
+    probes, rtol, max_probes, min_probes = probes_or_rtol(probes, rtol, max_probes, min_probes)
     seed, probe_batch = check_seed(seed), check_count(probe_batch, "probe_batch")
     gen = torch.Generator().manual_seed(seed)
     if rtol is not None:
@@ -240,7 +240,7 @@ def control_variate_trace(matmat: Matmat, base_matmat: Matmat, base_trace: float
     minimum. ``base_forms`` (optional): V ↦ (vᵢᵀ B vᵢ)ᵢ when cheaper than B's products (for G: one jvp per probe,
     counted as one product). ``probes`` / ``rtol`` / ``max_probes`` / ``min_probes`` as in :func:`hutchinson`; with
     ``rtol`` the target is stderr <= ``rtol``·|Tr B + mean|."""
-    probes, rtol, max_probes, min_probes = _probes_or_rtol(probes, rtol, max_probes, min_probes)
+    probes, rtol, max_probes, min_probes = probes_or_rtol(probes, rtol, max_probes, min_probes)
     seed, probe_batch = check_seed(seed), check_count(probe_batch, "probe_batch")
     gen = torch.Generator().manual_seed(seed)
 

@@ -44,10 +44,11 @@ def late_start_step(history: pd.DataFrame, x: str = "step") -> float:
 
 def new_history(rows: Sequence[Mapping], loss: str, measures: Mapping[str, str], measure_n: int | None,
                 measure_seed: int, measure_errors: Mapping[str, str], late_phase_threshold: float | None,
-                check_every: int) -> pd.DataFrame:
+                check_every: int, measure_version: int | None = None) -> pd.DataFrame:
     """The checkpoint ``rows`` as a DataFrame whose ``attrs`` state the loss convention, what each measure computes
     (``measures``: name -> description), on which data, the measures that failed (name -> reason) and what the
-    phases mean (``late_phase_threshold=None``: no late phase was requested)."""
+    phases mean (``late_phase_threshold=None``: no late phase was requested) and, if given, the estimator settings
+    ``measure_version`` (:func:`~flatcomp_tutorial.measures.measure_descriptions`)."""
     history = pd.DataFrame.from_records(rows)
     history.attrs["loss_convention"] = ("mean over samples of 1/2 sum over outputs of (f - y)^2" if loss == "mse"
                                         else "mean cross-entropy")
@@ -57,6 +58,8 @@ def new_history(rows: Sequence[Mapping], loss: str, measures: Mapping[str, str],
                                      "(flatcomp_tutorial.measures.measurement_subset); "
                                      "model in eval mode; full-set losses/accuracies in train_*/test_*")
     history.attrs["measure_errors"] = measure_errors
+    if measure_version is not None:
+        history.attrs["measure_version"] = measure_version
     history.attrs["phase"] = (f"'late' from the first step at which the full training loss < {late_phase_threshold} "
                               f"(checked every {check_every} steps)" if late_phase_threshold is not None
                               else "no late phase requested: every row is 'early'")

@@ -10,6 +10,8 @@ Symbols: Appendix "Notation and conventions", entry "Data, mode and precision" (
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -23,30 +25,76 @@ from .data import Dataset
 
 MeasureFn = Callable[[nn.Module, Dataset], Union[float, Mapping[str, float]]]
 
-# What each named measure computes and on which data (copied into history.attrs["measures"]).
-MEASURES: dict[str, str] = {
-    "lambda_max": "λ_max(H) of the training loss on the measurement subset (Lanczos, sharpness.top_hessian_eigenvalues, "
-                  "k=1, tol=1e-4, seed 0)",
-    "trace_h": "Tr H on the measurement subset (Hutchinson, sharpness.hessian_trace, `probes` Rademacher probes, "
-               "probe seed 0) -> trace_h, trace_h_stderr",
-    "trace_g": "exact Tr G on the measurement subset (sharpness.gauss_newton_trace) -> trace_g and trace_g_W<l>, "
-               "Tr G_{W_l} of the weight block of dense layer l (1-based, layers.dense_layers order, "
-               "as in the bounds chapters)",
-    "relative_flatness": "relative flatness κ_L of the LAST dense layer on the measurement subset "
-                         "(sharpness.relative_flatness, exact, Hessian)",
-    "adaptive_sharpness": "adaptive sharpness Σ θ_j² H_jj on the measurement subset (Hutchinson, `probes` probes, seed 0)",
-    "test_lambda_max": "λ_max(H) of the loss on the test measurement subset (same size, seeded)",
-    "test_trace_h": "Tr H of the loss on the test measurement subset (Hutchinson) -> test_trace_h, test_trace_h_stderr",
-    "local": "input->output local measures on the measurement subset inputs (geometry.local_measures) -> "
-             "mean_log_lvr, median_log_lvr, mean_mls, mean_local_dim",
-    "nmls": "NMLS, left side of B6, over all dense layers on the measurement subset inputs (bounds.nmls); "
-            "NaN for weight-sharing dense layers (ViT)",
-    "bounds": "bounds.bound_table (B1-B8, identity rows skipped; B1-B5 only for a dense first layer) on the "
-              "measurement subset -> bounds_hold (1 if every bound holds) and slack_<bound> (RHS/LHS, or RHS-LHS for "
-              "the log forms B4, B5; the smallest over layers for B8)",
-    "global_pr": "participation ratio of the last hidden representation (input of the last dense layer) over the "
-                 "measurement subset inputs (geometry.participation_ratio)",
-}
+# Versions of the named measures' estimator settings (recorded as ``measure_version`` with every run). Version 1
+# (until 2026-12): fixed counts (32 Hutchinson probes for the traces and adaptive sharpness, ARPACK tol 1e-4 for
+# λ_max). Version 2: the accuracy-driven calls of chapter "Measuring sharpness" (a relative standard error for
+# the stochastic traces, a certified relative accuracy for λ_max), so every tracked sharpness says how accurate it
+# is. Old stores keep their version (records without one are version 1); ``measure_version=1`` reproduces them.
+MEASURE_VERSIONS = (1, 2)
+MEASURE_VERSION = 2
+V1_PROBES = 32        # version 1: Hutchinson probes of trace_h, test_trace_h and adaptive_sharpness
+TRACE_RTOL = 1e-2     # version 2: target standard error of Tr H relative to |Tr H| (sharpness.hessian_trace)
+EIG_RTOL = 1e-3       # version 2: certified relative accuracy of λ_max (sharpness.top_hessian_eigenvalues)
+ADAPTIVE_RTOL = 5e-2  # version 2: target relative standard error of adaptive sharpness (plain Hutchinson)
+ADAPTIVE_MAX_PROBES = 400  # version 2: cap on its probes
+# Version 2 caps the probes of Tr H at sharpness.hessian_trace's default (1000) and of adaptive sharpness at
+# ADAPTIVE_MAX_PROBES; where a cap is reached (far from a minimum, e.g. at initialisation, where H − G is large)
+# the estimate of those probes is recorded without a warning: its ``*_stderr`` column states the accuracy reached.
+
+
+def check_measure_version(version) -> int:
+    """``version`` as an int from ``MEASURE_VERSIONS``."""
+    if not is_integer(version) or int(version) not in MEASURE_VERSIONS:
+        raise ValueError(f"measure_version must be one of {MEASURE_VERSIONS} (1: the fixed-count settings of "
+                         f"earlier stores; {MEASURE_VERSION}: accuracy-driven, the default), got {version!r}")
+    return int(version)
+
+
+def measure_descriptions(version: int = MEASURE_VERSION, probes: int | None = None) -> dict[str, str]:
+    """What each named measure computes and on which data, with the estimator settings of ``version`` and
+    ``probes`` (copied into ``history.attrs["measures"]``)."""
+    version = check_measure_version(version)
+    if version == 1:
+        m = probes or V1_PROBES
+        lam = "Lanczos (ARPACK), sharpness.top_hessian_eigenvalues, k=1, tol=1e-4, seed 0"
+        tr = f"Hutchinson, sharpness.hessian_trace(method='hutchinson'), {m} Rademacher probes, probe seed 0"
+        ad = f"Hutchinson, {m} probes, seed 0"
+    else:
+        lam = (f"certified block Lanczos, sharpness.top_hessian_eigenvalues, k=1, rtol={EIG_RTOL:g}: within "
+               f"{EIG_RTOL:g} relative of the exact value, seed 0")
+        tr = ("Gauss-Newton control variate, sharpness.hessian_trace(method='auto'), "
+              + (f"{probes} probes" if probes else f"probes until the standard error <= {TRACE_RTOL:g} |Tr H| "
+                 "(at most 1000; trace_h_stderr states the accuracy reached)") + ", probe seed 0")
+        ad = ("Hutchinson, " + (f"{probes} probes" if probes else
+                                f"probes until the standard error <= {ADAPTIVE_RTOL:g} of it (at most "
+                                f"{ADAPTIVE_MAX_PROBES}; its stderr states the accuracy reached)") + ", seed 0")
+    return {
+        "lambda_max": f"λ_max(H) of the training loss on the measurement subset ({lam})",
+        "trace_h": f"Tr H on the measurement subset ({tr}) -> trace_h, trace_h_stderr",
+        "trace_g": "exact Tr G on the measurement subset (sharpness.gauss_newton_trace) -> trace_g and trace_g_W<l>, "
+                   "Tr G_{W_l} of the weight block of dense layer l (1-based, layers.dense_layers order, "
+                   "as in the bounds chapters)",
+        "relative_flatness": "relative flatness κ_L of the LAST dense layer on the measurement subset "
+                             "(sharpness.relative_flatness, exact, Hessian)",
+        "adaptive_sharpness": f"adaptive sharpness Σ θ_j² H_jj on the measurement subset ({ad})"
+                              + (" -> adaptive_sharpness, adaptive_sharpness_stderr" if version > 1 else ""),
+        "test_lambda_max": "λ_max(H) of the loss on the test measurement subset (same size, seeded; as lambda_max)",
+        "test_trace_h": "Tr H of the loss on the test measurement subset (as trace_h) -> test_trace_h, "
+                        "test_trace_h_stderr",
+        "local": "input->output local measures on the measurement subset inputs (geometry.local_measures) -> "
+                 "mean_log_lvr, median_log_lvr, mean_mls, mean_local_dim",
+        "nmls": "NMLS, left side of B6, over all dense layers on the measurement subset inputs (bounds.nmls); "
+                "NaN for weight-sharing dense layers (ViT)",
+        "bounds": "bounds.bound_table (B1-B8, identity rows skipped; B1-B5 only for a dense first layer) on the "
+                  "measurement subset -> bounds_hold (1 if every bound holds) and slack_<bound> (RHS/LHS, or "
+                  "RHS-LHS for the log forms B4, B5; the smallest over layers for B8)",
+        "global_pr": "participation ratio of the last hidden representation (input of the last dense layer) over "
+                     "the measurement subset inputs (geometry.participation_ratio)",
+    }
+
+
+# What each named measure computes, with the default settings (measure_descriptions(MEASURE_VERSION)).
+MEASURES: dict[str, str] = measure_descriptions()
 DEFAULT_MEASURES = ("lambda_max", "trace_h", "trace_g", "relative_flatness", "local", "nmls")
 SWEEP_MEASURES = ("lambda_max", "trace_h", "trace_g", "relative_flatness", "adaptive_sharpness", "local", "nmls",
                   "global_pr")
@@ -59,7 +107,7 @@ LABELS: dict[str, str] = {
     "test_loss": "test loss  (mean ½‖f−y‖²)",
     "train_acc": "training accuracy",
     "test_acc": "test accuracy",
-    "trace_h": "Tr H  (Hutchinson)",
+    "trace_h": "Tr H",
     "trace_g": "Tr G  (exact)",
     "lambda_max": "λ_max(H)",
     "test_trace_h": "Tr H on test data",
@@ -114,20 +162,45 @@ def check_measure_n(measure_n) -> None:
         raise ValueError(f"measure_n must be >= 2 (an integer) or None (all samples), got {measure_n!r}")
 
 
-def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
+@contextlib.contextmanager
+def _cap_reached_is_recorded():
+    """Silence the "max_probes reached" RuntimeWarning of an accuracy-driven estimate: a tracked measure records
+    its standard error in its ``*_stderr`` column instead (other warnings pass)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*max_probes = \d+ probes reached", category=RuntimeWarning)
+        yield
+
+
+def _named_measure(name: str, loss: str, probes: int | None, version: int = MEASURE_VERSION) -> MeasureFn:
     def last_layer(model):
         return len(dense_layers(model))
 
     def trace(x, y, prefix):
         def fn(model, m):
-            est = sharpness.hessian_trace(model, getattr(m, x), getattr(m, y), loss=loss, probes=probes, seed=0,
-                                          method="hutchinson")
+            if version == 1:
+                est = sharpness.hessian_trace(model, getattr(m, x), getattr(m, y), loss=loss,
+                                              probes=probes or V1_PROBES, seed=0, method="hutchinson")
+            else:
+                accuracy = dict(probes=probes) if probes else dict(rtol=TRACE_RTOL)
+                with _cap_reached_is_recorded():
+                    est = sharpness.hessian_trace(model, getattr(m, x), getattr(m, y), loss=loss, seed=0,
+                                                  **accuracy)
             return {prefix: est.mean, f"{prefix}_stderr": est.stderr}
         return fn
 
     def lam(x, y):
+        accuracy = dict(tol=1e-4) if version == 1 else dict(rtol=EIG_RTOL)
         return lambda model, m: float(sharpness.top_hessian_eigenvalues(model, getattr(m, x), getattr(m, y), k=1,
-                                                                        loss=loss, tol=1e-4, seed=0)[0])
+                                                                        loss=loss, seed=0, **accuracy)[0])
+
+    def adaptive(model, m):
+        if version == 1:
+            return sharpness.adaptive_sharpness(model, m.x_train, m.y_train, loss=loss, probes=probes or V1_PROBES,
+                                                seed=0)
+        accuracy = dict(probes=probes) if probes else dict(rtol=ADAPTIVE_RTOL, max_probes=ADAPTIVE_MAX_PROBES)
+        with _cap_reached_is_recorded():
+            est = sharpness.adaptive_sharpness_estimate(model, m.x_train, m.y_train, loss=loss, seed=0, **accuracy)
+        return {"adaptive_sharpness": est.mean, "adaptive_sharpness_stderr": est.stderr}
 
     def trace_g(model, m):
         tr = sharpness.gauss_newton_block_traces(model, m.x_train, loss=loss)
@@ -155,8 +228,7 @@ def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
         "trace_g": trace_g,
         "relative_flatness": lambda model, m: sharpness.relative_flatness(model, m.x_train, m.y_train,
                                                                           layer=last_layer(model), loss=loss),
-        "adaptive_sharpness": lambda model, m: sharpness.adaptive_sharpness(model, m.x_train, m.y_train, loss=loss,
-                                                                            probes=probes, seed=0),
+        "adaptive_sharpness": adaptive,
         "local": local,
         "nmls": lambda model, m: bounds.nmls(model, m.x_train),
         "global_pr": lambda model, m: geometry.participation_ratio(
@@ -166,10 +238,14 @@ def _named_measure(name: str, loss: str, probes: int) -> MeasureFn:
 
 
 def resolve_measures(measures: Sequence[str] | Mapping[str, MeasureFn] | None, loss: str = "mse",
-                     probes: int = 32) -> dict[str, MeasureFn]:
+                     probes: int | None = None, version: int = MEASURE_VERSION) -> dict[str, MeasureFn]:
     """``measures`` as ``{name: fn(model, measure_data) -> float | {column: float}}``. Names from ``MEASURES``
-    map to the colleagues' functions; ``"default"`` expands to ``DEFAULT_MEASURES``; a dict may mix names
-    (value ``None``) and callables."""
+    map to the colleagues' functions with the estimator settings of ``version`` (:func:`measure_descriptions`;
+    ``probes=m`` fixes the probe count of the stochastic ones instead of their accuracy); ``"default"`` expands to
+    ``DEFAULT_MEASURES``; a dict may mix names (value ``None``) and callables."""
+    version = check_measure_version(version)
+    if probes is not None:
+        check_count(probes, "probes")
     if measures is None:
         return {}
     if isinstance(measures, str):
@@ -178,12 +254,12 @@ def resolve_measures(measures: Sequence[str] | Mapping[str, MeasureFn] | None, l
     out: dict[str, MeasureFn] = {}
     for name, fn in items:
         if fn is None and name == "default":
-            out.update({n: _named_measure(n, loss, probes) for n in DEFAULT_MEASURES})
+            out.update({n: _named_measure(n, loss, probes, version) for n in DEFAULT_MEASURES})
         elif fn is None:
             if name not in MEASURES:
                 raise ValueError(f"measures: unknown measure {name!r}; use one of {sorted(MEASURES)}, 'default', "
                                  "or pass {name: callable(model, data)} for your own")
-            out[name] = _named_measure(name, loss, probes)
+            out[name] = _named_measure(name, loss, probes, version)
         elif callable(fn):
             out[name] = fn
         else:

@@ -13,7 +13,7 @@ import copy
 import itertools
 from typing import Any, Mapping, Sequence
 
-from .measures import SWEEP_MEASURES
+from .measures import MEASURE_VERSION, SWEEP_MEASURES
 
 __all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config"]
 
@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
             "vit": dict(kind="vit", patch=4, dim=32, depth=2, heads=4, dataset="digits"),
         },
         "train": dict(epochs=400, loss="mse", optimizer="sgd", late_phase_steps=0, late_phase_threshold=1e-3,
-                      track_every_epochs=20, measures=_SWEEP_MEASURES, measure_n=256, probes=32),
+                      track_every_epochs=20, measures=_SWEEP_MEASURES, measure_n=256, measure_version=2),
         "grid": dict(arch=["mlp"], lr=[0.05, 0.1, 0.15, 0.2], batch_size=[4, 8, 16], seed=[0, 1]),
     },
     "paper": {
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict] = {
         },
         "train": dict(epochs=200, loss="mse", optimizer="sgd", momentum=0.0, weight_decay=0.0, late_phase_steps=0,
                       late_phase_threshold=1e-3, track_every_epochs=10, measures=_SWEEP_MEASURES, measure_n=256,
-                      probes=32),
+                      measure_version=2),
         "grid": dict(arch=["mlp", "vgg11", "vit"], lr=[0.01, 0.02, 0.05, 0.1], batch_size=[16, 32, 64, 128, 256],
                      seed=[0, 1]),
     },
@@ -118,6 +118,8 @@ def resolve_config(point: Mapping[str, Any], spec: Mapping) -> dict:
         if required not in train:
             raise ValueError(f"configuration {dict(point)} has no {required!r}; put it in the grid")
     train.setdefault("seed", 0)
+    # in the key, so that a store's runs with other estimator settings (version 1 had none) are never reused
+    train.setdefault("measure_version", MEASURE_VERSION)
     return {"preset": spec.get("name", "custom"), "arch": arch, "dataset": dataset, "model": model, "data": data,
             "train": train}
 

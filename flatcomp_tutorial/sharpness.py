@@ -376,21 +376,24 @@ def relative_flatness(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
 
 
 def adaptive_sharpness_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
-                                method: str = "hutchinson", probes: int = 100, seed: int = 0,
+                                method: str = "hutchinson", probes: int | None = None, seed: int = 0,
                                 batch_size: int | None = None, probe_batch: int | None = None,
-                                parameters: Sequence[str] | None = None) -> Estimate:
+                                parameters: Sequence[str] | None = None, rtol: float | None = None,
+                                max_probes: int = E.TRACE_MAX_PROBES) -> Estimate:
     """Adaptive (elementwise) sharpness S_ad = Σ_j θ_j² H_jj = Tr(diag(θ) H diag(θ)) as an
     :class:`~flatcomp_tutorial.estimators.Estimate`.
 
-    ``"hutchinson"``: E[(θ∘z)ᵀ H (θ∘z)] with Rademacher z; ``"exact"``: the diagonal of H from P unit-vector
-    products (small nets only; ``stderr`` 0). Invariant to neuron-wise rescaling of ReLU units (θ_j² scales like
-    1/H_jj). Chapter "Measuring sharpness".
+    ``"hutchinson"``: E[(θ∘z)ᵀ H (θ∘z)] with Rademacher z, either ``probes`` of them (default 100) or, with
+    ``rtol``, probes in batches until ``stderr`` <= ``rtol``·|mean| (at least 8, at most ``max_probes``, with a
+    ``RuntimeWarning`` at the cap; the first m probes are those of ``probes=m``); ``"exact"``: the diagonal of H
+    from P unit-vector products (small nets only; ``stderr`` 0). Invariant to neuron-wise rescaling of ReLU units
+    (θ_j² scales like 1/H_jj). Chapter "Measuring sharpness".
     """
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
     seed = E.check_seed(seed)
     if method == "hutchinson":
-        probes = E.check_probes(probes)
+        probes, rtol, max_probes, min_probes = E.probes_or_rtol(probes, rtol, max_probes, E.MIN_PROBES)
     with measurement_mode(model):
         prob = C.problem(model, x, y, loss, batch_size, parameters)
         op, probe_batch = _operator(prob, "hessian", probe_batch)
@@ -400,15 +403,24 @@ def adaptive_sharpness_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tens
             total = sum(float((t ** 2 * d).sum()) for t, d in zip(theta.double().split(probe_batch),
                                                                    diag.split(probe_batch)))
             return Estimate(total, 0.0, 0, op.dim, "exact")
-        Z = E.rademacher(probes, op.dim, torch.Generator().manual_seed(seed), op.dtype, op.device) * theta[None]
-        return E.estimate(E.quadratic_forms(op.matmat, Z, probe_batch), probes, probes)
+        gen = torch.Generator().manual_seed(seed)
+
+        def forms(Z: torch.Tensor) -> torch.Tensor:
+            return E.quadratic_forms(op.matmat, Z * theta[None], probe_batch)
+
+        if rtol is not None:
+            s = E.sample_until(forms, op.dim, rtol, max_probes, min_probes, gen, op.dtype, op.device,
+                               what="adaptive_sharpness")
+            return E.estimate(s, s.numel(), s.numel())
+        return E.estimate(forms(E.rademacher(probes, op.dim, gen, op.dtype, op.device)), probes, probes)
 
 
 def adaptive_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "mse",
-                       method: str = "hutchinson", probes: int = 100, seed: int = 0,
+                       method: str = "hutchinson", probes: int | None = None, seed: int = 0,
                        batch_size: int | None = None, probe_batch: int | None = None,
-                       parameters: Sequence[str] | None = None) -> float:
+                       parameters: Sequence[str] | None = None, rtol: float | None = None,
+                       max_probes: int = E.TRACE_MAX_PROBES) -> float:
     """Adaptive sharpness S_ad = Σ_j θ_j² H_jj: the ``mean`` of :func:`adaptive_sharpness_estimate` (same
     arguments). Chapter "Measuring sharpness"."""
     return adaptive_sharpness_estimate(model, x, y, loss, method, probes, seed, batch_size, probe_batch,
-                                       parameters).mean
+                                       parameters, rtol, max_probes).mean

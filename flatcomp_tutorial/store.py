@@ -260,7 +260,9 @@ def _result_id(rec: Mapping) -> str:
 def load_results(store: str | Path) -> pd.DataFrame:
     """One row per run: ``key``, ``preset``, ``arch``, ``dataset``, every train option (``lr``, ``batch_size``,
     ``seed``, ...), ``diverged``, ``wall_time``, ``reached_threshold``, the final checkpoint's metrics (same names
-    as the history columns; NaN and ±inf as stored) and ``history`` (a list of row dicts).
+    as the history columns; NaN and ±inf as stored), ``measure_version`` (the estimator settings of its measures,
+    :func:`~flatcomp_tutorial.measures.measure_descriptions`; 1 for records written before versions were recorded)
+    and ``history`` (a list of row dicts).
 
     ``attrs``: ``skipped_lines`` (unreadable or ill-typed lines, see :func:`read_store`); ``duplicate_keys``: later
     records of an already-seen key (left out: the FIRST record of a key is used); ``conflicting_keys``: those of
@@ -285,8 +287,10 @@ def load_results(store: str | Path) -> pd.DataFrame:
         row.update({k: v for k, v in cfg.get("train", {}).items() if not isinstance(v, (list, dict))})
         if "train" not in cfg:
             row.update({k: v for k, v in cfg.items() if not isinstance(v, (list, dict))})
+        info = r.get("train_info") or {}
         row.update(diverged=r.get("diverged"), wall_time=r.get("wall_time"),
-                   reached_threshold=(r.get("train_info") or {}).get("reached_threshold"))
+                   reached_threshold=info.get("reached_threshold"),
+                   measure_version=info.get("measure_version", row.get("measure_version", 1)))
         row.update({k: (np.nan if v is None else v) for k, v in (r.get("final") or {}).items()})
         row["history"] = r.get("history", [])
         rows.append(row)

@@ -43,7 +43,8 @@ from .data import Dataset
 from .history import new_history
 from .losses import check_loss
 from .losses import mean_loss as loss_fn  # the training loss L = (1/n) Σ_i ℓ_i (module losses)
-from .measures import MEASURES, MeasureFn, check_measure_n, measure_row, measurement_subset, resolve_measures
+from .measures import (MEASURE_VERSION, MeasureFn, check_measure_n, check_measure_version, measure_descriptions,
+                       measure_row, measurement_subset, resolve_measures)
 from .runtime import progress_enabled, resolve_device
 
 OPTIMIZERS = ("sgd", "adam")
@@ -99,7 +100,8 @@ class TrainConfig:
     measures: Sequence[str] | Mapping[str, MeasureFn | None] | None = None
     measure_n: int | None = 256
     measure_seed: int = 0
-    probes: int = 32
+    probes: int | None = None
+    measure_version: int = MEASURE_VERSION
     late_phase_steps: int | None = None
     late_phase_threshold: float = 1e-3
     late_track_every: int | None = None
@@ -136,7 +138,9 @@ def _check_values(o: Mapping[str, Any], n_train: int | None) -> None:
         raise ValueError(f"batch_size must be {limit} (an integer number of samples), got {bs!r}")
     check_count(o["seed"], "seed", 0)
     check_count(o["measure_seed"], "measure_seed", 0)
-    check_count(o["probes"], "probes")
+    if o["probes"] is not None:
+        check_count(o["probes"], "probes")
+    check_measure_version(o["measure_version"])
     k = o["late_phase_steps"]
     if k is not None and (not is_integer(k) or k < 0):
         raise ValueError(f"late_phase_steps must be >= 0 (an integer; or None: no late phase), got {k!r}")
@@ -146,7 +150,7 @@ def _check_values(o: Mapping[str, Any], n_train: int | None) -> None:
         if v is not None and (not is_integer(v) or v < 1):
             raise ValueError(f"{arg} must be a positive number of steps (an integer) or None (the default), "
                              f"got {v!r}")
-    if resolve_measures(o["measures"], o["loss"], o["probes"]):
+    if resolve_measures(o["measures"], o["loss"], o["probes"], o["measure_version"]):
         check_measure_n(o["measure_n"])
 
 
@@ -394,7 +398,10 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
 
     ``measures``: names from ``MEASURES`` (or ``"default"``) and/or ``{name: fn(model, measure_data)}``, computed
     in eval mode at every checkpoint on :func:`measurement_subset` ``(data, measure_n, measure_seed)``; a dict
-    result adds one column per key. Hutchinson estimators use ``probes`` probes. ``history.attrs`` states the
+    result adds one column per key. The stochastic sharpness measures run to the accuracy of ``measure_version``
+    (default 2: Tr H to a 1 % standard error, λ_max certified to 1e-3 relative; 1: the fixed counts of earlier
+    stores; :func:`~flatcomp_tutorial.measures.measure_descriptions`), or with exactly ``probes`` probes if given.
+    ``history.attrs`` states the
     conventions and which data each measure used. A measure that fails at a checkpoint (inapplicable, or outputs
     and loss overflowing there) is NaN in that row, with the reason in ``history.attrs["measure_errors"]``.
 
@@ -415,7 +422,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     steps_per_epoch = math.ceil(n / batch_size)
     total = int(cfg.steps) if cfg.steps is not None else int(cfg.epochs) * steps_per_epoch
     schedule = _Schedule(cfg, total, steps_per_epoch)
-    fns = resolve_measures(cfg.measures, cfg.loss, cfg.probes)
+    fns = resolve_measures(cfg.measures, cfg.loss, cfg.probes, cfg.measure_version)
 
     dtype = next(model.parameters()).dtype
     dev = resolve_device(device, dtype)
@@ -429,7 +436,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
                 momentum=cfg.momentum, weight_decay=cfg.weight_decay, label_noise=cfg.label_noise,
                 sam_rho=cfg.sam_rho, seed=cfg.seed, dataset=data.name, n_train=n, device=str(dev),
                 late_phase_steps=cfg.late_phase_steps, late_phase_threshold=cfg.late_phase_threshold,
-                measures=list(fns), measure_n=cfg.measure_n, measure_seed=cfg.measure_seed)
+                measures=list(fns), measure_n=cfg.measure_n, measure_seed=cfg.measure_seed,
+                measure_version=cfg.measure_version, probes=cfg.probes)
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -443,7 +451,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     reached = schedule.late_start is not None if cfg.late_phase_steps is not None else None
     info.update(late_start_step=schedule.late_start, reached_threshold=reached, steps_done=step,
                 measure_time=checkpoints.measure_time)
-    described = {name: MEASURES.get(name, "user-supplied callable(model, measure_data)") for name in fns}
+    known = measure_descriptions(cfg.measure_version, cfg.probes)
+    described = {name: known.get(name, "user-supplied callable(model, measure_data)") for name in fns}
     history = new_history(checkpoints.rows, cfg.loss, described, cfg.measure_n, cfg.measure_seed, checkpoints.errors,
-                          cfg.late_phase_threshold if cfg.late_phase_steps is not None else None, schedule.check_every)
+                          cfg.late_phase_threshold if cfg.late_phase_steps is not None else None, schedule.check_every, cfg.measure_version)
     return TrainResult(model, history, diverged, info, time.perf_counter() - start)

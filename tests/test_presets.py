@@ -24,6 +24,15 @@ def test_grid_points_override_model_data_and_training_options():
 
 
 
+def test_every_configuration_names_its_measure_version_so_old_records_are_not_reused():
+    spec = preset("cpu")
+    del spec["train"]["measure_version"]
+    cfg = resolve_config({"lr": 0.1, "batch_size": 4}, spec)
+    assert cfg["train"]["measure_version"] == fc.measures.MEASURE_VERSION
+    old = resolve_config({"lr": 0.1, "batch_size": 4, "measure_version": 1}, spec)
+    assert fc.store.config_key(old) != fc.store.config_key(cfg)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: preset("gpu"), "preset must be one of"),
     (lambda: resolve_config({"arch": "resnet", "lr": 0.1, "batch_size": 8}, preset("cpu")), "arch must be one of"),

@@ -395,6 +395,33 @@ def test_hutchinson_adaptive_sharpness_is_within_four_stderr_of_exact():
     assert abs(est.mean - exact) <= 4 * est.stderr
 
 
+def test_adaptive_sharpness_with_rtol_stops_at_the_asked_standard_error_and_covers_exact():
+    model = mlp()
+    x, y = seeded_data(model, (4,))
+    exact = S.adaptive_sharpness(model, x, y, method="exact")
+    est = S.adaptive_sharpness_estimate(model, x, y, rtol=0.2)
+    assert est.stderr <= 0.2 * abs(est.mean) and est.probes >= 8 and est.matvecs == est.probes
+    assert abs(est.mean - exact) <= 4 * est.stderr
+
+
+def test_adaptive_sharpness_with_rtol_draws_the_probes_of_a_fixed_count_call():
+    model = mlp()
+    x, y = seeded_data(model, (4,))
+    est = S.adaptive_sharpness_estimate(model, x, y, rtol=0.2, seed=3)
+    fixed = S.adaptive_sharpness_estimate(model, x, y, probes=est.probes, seed=3)
+    assert close(est.mean, fixed.mean, rtol=1e-12) and close(est.stderr, fixed.stderr, rtol=1e-12)
+
+
+def test_adaptive_sharpness_warns_at_max_probes_and_refuses_probes_with_rtol():
+    model = mlp()
+    x, y = seeded_data(model, (4,))
+    with pytest.warns(RuntimeWarning, match="max_probes = 8 probes reached"):
+        est = S.adaptive_sharpness_estimate(model, x, y, rtol=1e-6, max_probes=8)
+    assert est.probes == 8
+    with pytest.raises(ValueError, match="either probes .* or rtol"):
+        S.adaptive_sharpness_estimate(model, x, y, probes=10, rtol=0.1)
+
+
 # ------------------------------------------------------------------------------------------------ rescaling
 def _rescaled(model, c):
     """ReLU MLP: row s of (W1, b1) times c_s, column s of W2 divided by c_s; f is unchanged."""

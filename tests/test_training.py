@@ -308,6 +308,9 @@ def test_matching_widths_train_with_both_losses(small_digits):
     (dict(weight_decay=float("inf")), "weight_decay must be a finite number >= 0"),
     (dict(seed=1.5), "seed must be an integer"),
     (dict(probes=True), "probes must be an integer"),
+    (dict(probes=0), "probes must be an integer >= 1"),
+    (dict(measure_version=3), "measure_version must be one of"),
+    (dict(measure_version=2.5), "measure_version must be one of"),
     (dict(track_every=0), "track_every must be a positive number of steps"),
     (dict(track_every=1.5), "track_every must be a positive number of steps"),
     (dict(check_every=True), "check_every must be a positive number of steps"),
@@ -396,8 +399,8 @@ def test_check_train_options_checks_batch_size_against_the_training_set_only_whe
 # ------------------------------------------------------------------------------------------------ TrainConfig
 #: train's keyword defaults, as documented (lr and batch_size have none: they are required)
 DEFAULTS = dict(epochs=None, steps=None, loss="mse", optimizer="sgd", momentum=0.0, weight_decay=0.0, label_noise=0.0,
-                sam_rho=0.0, seed=0, track_every=None, measures=None, measure_n=256, measure_seed=0, probes=32,
-                late_phase_steps=None, late_phase_threshold=1e-3, late_track_every=None, check_every=None)
+                sam_rho=0.0, seed=0, track_every=None, measures=None, measure_n=256, measure_seed=0, probes=None,
+                measure_version=2, late_phase_steps=None, late_phase_threshold=1e-3, late_track_every=None, check_every=None)
 
 
 def test_train_config_holds_every_option_with_trains_keyword_defaults():
