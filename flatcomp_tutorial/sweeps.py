@@ -20,7 +20,7 @@ from .checks import is_integer, is_real
 from .data import load_dataset
 from .history import matched_row
 from .presets import grid_configs, preset_spec, resolve_config
-from .store import append_record, config_key, provenance, read_store, results_dir
+from .store import _jsonable, append_record, config_key, provenance, read_store, results_dir
 
 __all__ = ["run_config", "SweepResult", "sweep"]
 
@@ -159,7 +159,7 @@ def _check_store_writable(store: Path) -> None:
 
 def sweep(grid: Mapping[str, Sequence] | Sequence[Mapping] | None = None, preset: str | Mapping = "cpu",
           store: str | Path | None = None, device: str = "auto", progress: bool | None = None,
-          max_runs: int | None = None, threads: int | None = None) -> SweepResult:
+          max_runs: int | None = None, threads: int | None = None, executor: Any = None) -> SweepResult:
     """Run every configuration of ``grid`` (default: the preset's grid) with ``preset``'s defaults and append each
     finished run to ``store`` (default ``results_dir()/<preset>.jsonl``). Configurations already in the store are
     skipped, so an interrupted sweep resumes where it stopped. ``max_runs`` caps the runs tried in this call.
@@ -172,12 +172,44 @@ def sweep(grid: Mapping[str, Sequence] | Sequence[Mapping] | None = None, preset
     is opened for appending; any problem raises (ValueError, or OSError for the store) with nothing run. A run that
     raises at run time is appended as ``{"key", "config", "failed": true, "error", "traceback", ...}``, warned
     about and listed in ``SweepResult.failures``; the sweep goes on, and the next sweep retries it (failed records
-    are not "done" and :func:`~flatcomp_tutorial.store.load_results` leaves them out)."""
+    are not "done" and :func:`~flatcomp_tutorial.store.load_results` leaves them out).
+
+    ``executor``: None runs the configurations one after another in this process. Otherwise any
+    ``concurrent.futures``-style executor (an object whose ``submit(fn, *args)`` returns futures with
+    ``.result()``): a ``ProcessPoolExecutor``, a ``ThreadPoolExecutor`` or a ``dask.distributed.Client``. The
+    workers only train and measure (``_run_remote``: ``threads`` is applied on the worker, and a run that raises
+    comes back as a failure instead of raising); this process alone writes the store, appending each run as soon
+    as its result arrives, so nothing is written concurrently (no shared file system is needed) and a finished run
+    is never lost if this process is killed later: the next sweep skips it and submits only the rest. ``max_runs``
+    caps the runs submitted. The records are those of the sequential sweep (apart from ``wall_time`` and the
+    worker's ``provenance``), in the order the runs finish; ``ran`` and ``failures`` follow that order too. For
+    example::
+
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            sweep(grid, "cpu", executor=pool, threads=1)
+
+        from dask.distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+            sweep(grid, "cpu", executor=client, threads=1)
+
+    On a SLURM cluster the same ``Client`` can run on batch jobs through ``dask_jobqueue.SLURMCluster``, or
+    ``submitit``'s ``AutoExecutor`` can serve as the executor; the workers need this package importable (and
+    the datasets reachable), the store stays on the machine that calls ``sweep``."""
     with runtime.threads(threads):
         if max_runs is not None and not (is_integer(max_runs) and max_runs >= 0):
             raise ValueError(f"max_runs must be an integer >= 0 or None (no cap), got {max_runs!r}")
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise ValueError("executor must be a concurrent.futures-style executor with .submit(fn, *args) "
+                             "returning futures with .result() (e.g. concurrent.futures.ProcessPoolExecutor or a "
+                             f"dask.distributed.Client), or None to run in this process; got {executor!r}")
         store, runs, done = _planned_runs(grid, preset_spec(preset), store)
         result = SweepResult(store)
+        if executor is not None:
+            _sweep_on(executor, runs, done, result, device, threads, max_runs, progress)
+            return result
         from tqdm.auto import tqdm
 
         for point, cfg, key in tqdm(runs, desc="sweep", disable=not runtime.progress_enabled(progress)):
@@ -223,12 +255,100 @@ def _run_and_append(point: Mapping, cfg: dict, key: str, store: Path, device: st
         rec = run_config(cfg, device=device, progress=False)
     except Exception as err:  # noqa: BLE001 - any run-time failure is recorded and the sweep goes on
         error = f"{type(err).__name__}: {err}"
-        append_record(store, {"key": key, "preset": cfg.get("preset"), "config": cfg, "failed": True,
-                              "error": error, "traceback": traceback.format_exc()[-4000:],
-                              "wall_time": time.perf_counter() - start, "provenance": provenance()})
-        warnings.warn(f"sweep: the run {key} {dict(point)} failed ({error}); recorded as failed in {store} and "
-                      "left out of load_results; the sweep goes on and the next sweep retries it",
-                      RuntimeWarning, stacklevel=3)
+        _append_failure(point, cfg, key, store, error, traceback.format_exc()[-4000:],
+                        time.perf_counter() - start)
         return error
     append_record(store, rec)
     return None
+
+
+def _append_failure(point: Mapping, cfg: dict, key: str, store: Path, error: str, trace: str,
+                    wall_time: float | None) -> None:
+    """Append the failed record of a run and warn (the warning points at the caller of :func:`sweep`)."""
+    append_record(store, {"key": key, "preset": cfg.get("preset"), "config": cfg, "failed": True,
+                          "error": error, "traceback": trace, "wall_time": wall_time, "provenance": provenance()})
+    warnings.warn(f"sweep: the run {key} {dict(point)} failed ({error}); recorded as failed in {store} and "
+                  "left out of load_results; the sweep goes on and the next sweep retries it",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _run_remote(cfg: dict, device: str, threads: int | None) -> tuple:
+    """What an executor's worker runs for one configuration: train and measure it with torch's CPU threads set to
+    ``threads``, and return ``("ok", record)`` (the record as plain JSON values, so it unpickles anywhere) or, if
+    the run raised, ``("failed", "ErrorType: message", traceback, wall_time)``. It never raises for a failed run
+    and never touches the store."""
+    start = time.perf_counter()
+    try:
+        with runtime.threads(threads):
+            return "ok", _jsonable(run_config(cfg, device=device, progress=False))
+    except Exception as err:  # noqa: BLE001 - returned to the driver, which records it
+        return "failed", f"{type(err).__name__}: {err}", traceback.format_exc()[-4000:], time.perf_counter() - start
+
+
+def _sweep_on(executor: Any, runs: list[tuple[dict, dict, str]], done: set[str], result: SweepResult,
+              device: str, threads: int | None, max_runs: int | None, progress: bool | None) -> None:
+    """The executor path of :func:`sweep`: submit the runs not in ``done`` (at most ``max_runs``; a configuration
+    that appears twice in the grid is submitted once and skipped the second time), then append each result to
+    the store as it arrives. If this process stops here (an interrupt, a store that cannot be written), the runs
+    not yet started are cancelled."""
+    from tqdm.auto import tqdm
+
+    submitted: dict[Any, tuple[dict, dict, str]] = {}
+    keys: set[str] = set()
+    try:
+        for point, cfg, key in runs:
+            if key in done or key in keys:
+                result.skipped.append(key)
+                continue
+            if max_runs is not None and len(submitted) >= max_runs:
+                break
+            submitted[executor.submit(_run_remote, cfg, device, threads)] = (point, cfg, key)
+            keys.add(key)
+        with tqdm(total=len(submitted), desc="sweep", disable=not runtime.progress_enabled(progress)) as bar:
+            for future in _as_completed(list(submitted)):
+                point, cfg, key = submitted[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # noqa: BLE001 - the executor lost the run (a worker died, ...)
+                    outcome = ("failed", f"{type(err).__name__}: {err} (raised by the executor, not the run)",
+                               traceback.format_exc()[-4000:], None)
+                if outcome[0] == "ok":
+                    append_record(result.store, outcome[1])
+                    result.ran.append(key)
+                else:
+                    _, error, trace, wall_time = outcome
+                    _append_failure(point, cfg, key, result.store, error, trace, wall_time)
+                    result.failures.append((cfg, error))
+                bar.update(1)
+    except BaseException:
+        for future in submitted:
+            future.cancel()
+        raise
+
+
+def _as_completed(futures: list) -> Iterable:
+    """``futures`` in the order they finish: ``concurrent.futures.as_completed`` for standard-library futures,
+    ``distributed.as_completed`` for dask futures (dask is imported only then); other futures are polled through
+    their ``done()``, or, without one, waited for in submission order."""
+    import concurrent.futures
+
+    if all(isinstance(f, concurrent.futures.Future) for f in futures):
+        yield from concurrent.futures.as_completed(futures)
+        return
+    if futures and all(type(f).__module__.split(".")[0] == "distributed" for f in futures):
+        from distributed import as_completed
+
+        yield from as_completed(futures)
+        return
+    pending = list(futures)
+    if not all(callable(getattr(f, "done", None)) for f in pending):
+        yield from pending
+        return
+    while pending:
+        ready, waiting = [], []
+        for f in pending:
+            (ready if f.done() else waiting).append(f)
+        yield from ready
+        pending = waiting
+        if not ready:
+            time.sleep(0.05)
