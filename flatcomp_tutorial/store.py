@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["config_key", "results_dir", "provenance", "append_record", "read_store", "record", "load_results"]
+__all__ = ["config_key", "results_dir", "provenance", "jsonable", "append_record", "read_store", "record", "load_results"]
 
 _NOT_IN_KEY = ("root", "download")  # where data lives does not change a run
 
@@ -72,7 +72,7 @@ def provenance(device: str | None = None) -> dict:
             "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON values: mappings -> dicts (string keys), tuples/lists -> lists, torch tensors and numpy
     arrays -> numbers (0-d) or nested lists of numbers (detached, moved to the CPU), numpy scalars -> Python
     numbers. Floats stay floats, ±inf and NaN included (written as ``Infinity``/``-Infinity``/``NaN``, see
@@ -81,17 +81,17 @@ def _jsonable(obj: Any) -> Any:
     import torch
 
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
         obj = obj.detach().cpu()
         if obj.is_complex():
             raise TypeError(f"the result store holds real numbers only, got a complex tensor of shape "
                             f"{tuple(obj.shape)}")
-        return _jsonable(obj.item() if obj.dim() == 0 else obj.tolist())
+        return jsonable(obj.item() if obj.dim() == 0 else obj.tolist())
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.item() if obj.ndim == 0 else obj.tolist())
+        return jsonable(obj.item() if obj.ndim == 0 else obj.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, numbers.Integral):
@@ -163,13 +163,13 @@ def append_record(store: str | Path, rec: Mapping) -> None:
     ``O_APPEND``, then ``fsync``. If the file ends in a truncated line (a crash), the new record starts on a new
     line so that only the truncated one is lost.
 
-    Encoding: tensors, numpy arrays and numpy scalars become numbers or lists of numbers (:func:`_jsonable`);
+    Encoding: tensors, numpy arrays and numpy scalars become numbers or lists of numbers (:func:`jsonable`);
     non-finite floats are written as Python's JSON extension tokens ``NaN``, ``Infinity`` and ``-Infinity``
     (``json.dumps(allow_nan=True)``), which ``json.loads`` (and so :func:`read_store`) reads back as the same
     float, so NaN and ±inf survive the round trip exactly (other JSON parsers may need an option for them).
     A record that :func:`read_store` would skip (e.g. ``final`` not an object) is refused with a ValueError."""
     path = Path(store)
-    clean = _jsonable(rec)
+    clean = jsonable(rec)
     problem = _record_problem(clean)
     if problem:
         raise ValueError(f"append_record: not a valid store record ({problem}); nothing was written to {path}")
@@ -246,7 +246,7 @@ def record(store: str | Path, config: Mapping, metrics: Mapping, history: Sequen
     rec = {"key": key or config_key(config), "config": dict(config), "final": dict(metrics),
            "history": [dict(h) for h in history], "provenance": provenance(), **extra}
     append_record(store, rec)
-    return _jsonable(rec)
+    return jsonable(rec)
 
 
 _RESULT_FIELDS = ("final", "matched", "history", "diverged")

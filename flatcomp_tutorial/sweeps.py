@@ -20,7 +20,7 @@ from .checks import is_integer, is_real
 from .data import load_dataset
 from .history import matched_row
 from .presets import grid_configs, preset_spec, resolve_config
-from .store import _jsonable, append_record, config_key, provenance, read_store, results_dir
+from .store import jsonable, append_record, config_key, provenance, read_store, results_dir
 
 __all__ = ["run_config", "SweepResult", "sweep"]
 
@@ -280,7 +280,7 @@ def _run_remote(cfg: dict, device: str, threads: int | None) -> tuple:
     start = time.perf_counter()
     try:
         with runtime.threads(threads):
-            return "ok", _jsonable(run_config(cfg, device=device, progress=False))
+            return "ok", jsonable(run_config(cfg, device=device, progress=False))
     except Exception as err:  # noqa: BLE001 - returned to the driver, which records it
         return "failed", f"{type(err).__name__}: {err}", traceback.format_exc()[-4000:], time.perf_counter() - start
 
