@@ -7,6 +7,7 @@ whose title says "kernel" start one."""
 import os
 import re
 import threading
+from pathlib import Path
 
 import nbformat
 import papermill
@@ -372,3 +373,34 @@ def test_batch_runs_a_notebook_once_per_configuration_and_collects_records(tmp_p
     assert sorted(r["final"]["final_loss"] for r in recs) == [0.1, 0.2]
     assert {r["final"]["cwd"] for r in recs} == {str(nb.parent)} and {r["final"]["progress"] for r in recs} == {"0"}
     assert len(list(out.glob("chapter-*.ipynb"))) == 2
+
+
+# ------------------------------------------------------------------------------- the documented commands, as written
+def _documented_commands() -> list[list[str]]:
+    """The batch commands of README.md and of chapter "Running at paper scale", split into arguments."""
+    import json
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    readme = re.findall(r"`(python -m flatcomp_tutorial\.batch [^`]*)`", (root / "README.md").read_text())
+    cells = json.loads((root / "book" / "paper_scale.ipynb").read_text())["cells"]
+    command = re.compile(r"(python -m flatcomp_tutorial\.batch (?:\\\n|[^\n])*)")  # with \-continued lines
+    chapter = [m.replace("\\\n", " ") for c in cells if c["cell_type"] == "markdown"
+               for m in command.findall("".join(c["source"]))]
+    return [shlex.split(cmd)[3:] for cmd in readme + chapter]
+
+
+def test_the_documented_batch_commands_run_as_written(fake_papermill, tmp_path, monkeypatch):
+    commands = _documented_commands()
+    assert len(commands) >= 2  # the README's and the chapter's
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for i, argv in enumerate(commands):
+        out, store = tmp_path / f"out{i}", tmp_path / f"store{i}.jsonl"
+        argv = [str(out) if a.startswith("runs/") else str(store) if a.startswith("data/results/") else a
+                for a in argv]
+        assert B.main(argv) == 0, argv
+        grid = B.parse_grid([argv[j + 1] for j, a in enumerate(argv) if a == "--grid"])
+        n = 1
+        for values in grid.values():
+            n *= len(values)
+        assert len(read_store(store)[0]) == n
