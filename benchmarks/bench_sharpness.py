@@ -6,8 +6,8 @@ full batch, float32, CPU. Loss convention everywhere: L = (1/n) Σ_i ½ ||f(x_i)
 criterion with exactly that scale (checked: all report the same λ_max).
 
 Targets: λ_max to 1e-3 relative error (against a tight Lanczos reference) and Tr H from the same number of
-Rademacher probes (hence the same standard error), ours at least 2× faster than each baseline; one HVP at
-most 3× one full gradient. Run ``python benchmarks/bench_sharpness.py``; ``main(threads)`` returns Markdown.
+Rademacher probes (hence the same standard error), ours at least 2× faster than each baseline; one public HVP at
+most 2.5× one full gradient (issue 12; earlier 3×). Run ``python benchmarks/bench_sharpness.py``; ``main(threads)`` returns Markdown.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ PROBES = 100
 CV_PROBES = 8
 # eigsh settings (ncv, tol) tried for the top eigenvalue; the cheapest that meets 1e-3 relative error is timed
 EIG_SETTINGS = [(ncv, tol) for ncv in (4, 6, 8, 12, 20) for tol in (1e-1, 1e-2, 1e-3)]
+HVP_TARGET = 2.5  # issue 12: one public Hessian-vector product at most 2.5× one full-batch gradient
 
 
 def _timed_together(fns: dict, rounds: int, block: int = 8) -> dict:
@@ -179,12 +180,15 @@ def main(threads: int = 2) -> str:
         f"| inside estimators: cached graph, {V.shape[0]} vectors batched, per vector | "
         f"{t_batch / V.shape[0] * 1e3:.1f} | {t_batch / V.shape[0] / t_grad:.2f} |",
         "",
-        f"Target one HVP ≤ 3× one gradient: {'met' if t_hvp <= 3 * t_grad else 'MISSED'} "
-        f"({t_hvp / t_grad:.2f}× for the public call, {t_cached / t_grad:.2f}× inside the estimators). "
+        f"Target one public HVP ≤ {HVP_TARGET:g}× one gradient: "
+        f"{'met' if t_hvp <= HVP_TARGET * t_grad else 'MISSED'} ({t_hvp / t_grad:.2f}× for the public call; "
+        f"{'met' if t_cached <= HVP_TARGET * t_grad else 'missed'} inside the estimators, "
+        f"{t_cached / t_grad:.2f}×, where the gradient graph is built once and reused by every product). "
         "Why about 3× and not Pearlmutter's 2×: counting matrix products, a dense layer costs 3 in a gradient "
         "(forward, two backward) and 9 in an exact HVP (the R-op doubles each of them and adds the forward; double "
         "backward needs as many); without the input-side products of the first layer this MLP needs 22 against 8, a "
-        "floor of 2.75× before elementwise work. The bare double-backward row (no package code around it) shows how "
+        "floor of 2.75× before elementwise work, above the 2.5× target, so a one-shot HVP that builds its own "
+        "gradient graph cannot meet it on this network. The bare double-backward row (no package code around it) shows how "
         "much of the public call is the method itself; the rest is input validation (finiteness and shape checks) "
         "and flattening.",
         "",
