@@ -6,6 +6,7 @@ book, GitHub and the first Colab view all show the results of one run. Any cell 
 
 ``python -m flatcomp_tutorial.notebooks badges`` rewrites every chapter's "Open in Colab" badge and install cell
 from the repository URL in ``_config.yml`` (the one place it is configured).
+The HTML book shows a local copy of the badge image (:func:`setup`, a Sphinx extension): it loads nothing remote.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# What the HTML book shows instead (Sphinx: a leading "/" is the book's source folder book/): a local copy, so the
+# badge never depends on the network; the notebooks keep COLAB_BADGE (GitHub, Jupyter and Colab show that one).
+LOCAL_BADGE = "/_static/open-in-colab.svg"
 
 
 def repository() -> dict:
@@ -36,6 +40,33 @@ def colab_url(notebook: str | Path, repo: dict | None = None) -> str:
 
 def badge_markdown(notebook: str | Path, repo: dict | None = None) -> str:
     return f"[![Open In Colab]({COLAB_BADGE})]({colab_url(notebook, repo)})"
+
+
+def local_badges(document) -> int:
+    """Point every image of a docutils ``document`` whose URI is :data:`COLAB_BADGE` at :data:`LOCAL_BADGE` (the
+    link around it, to Colab, is unchanged); return how many. The HTML book's Sphinx extension, :func:`setup`."""
+    from docutils import nodes
+
+    images = [img for img in document.findall(nodes.image) if img.get("uri") == COLAB_BADGE]
+    for img in images:
+        img["uri"] = LOCAL_BADGE
+    return len(images)
+
+
+def setup(app):
+    """Sphinx extension (``sphinx.extra_extensions`` in ``_config.yml``): the chapters' Colab badge is the local
+    SVG in the HTML book, so an offline reader sees the badge, not a broken image. Runs while each page is read,
+    before Sphinx collects its images (the SVG is copied to ``_images/`` like any local image)."""
+    from sphinx.transforms import SphinxTransform
+
+    class LocalColabBadge(SphinxTransform):
+        default_priority = 500
+
+        def apply(self, **kwargs) -> None:
+            local_badges(self.document)
+
+    app.add_transform(LocalColabBadge)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
 def install_spec(repo: dict | None = None) -> str:

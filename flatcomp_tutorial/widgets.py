@@ -3,6 +3,8 @@
 :func:`explorer` always displays a static figure first (so the HTML book, GitHub and any headless execution show
 the picture without a kernel), then, when ipywidgets is installed, the same drawing function behind sliders.
 Nothing waits for user input, so headless execution (nbclient, papermill, nbval) never hangs.
+The HTML book has no kernel: this module is also a Sphinx extension that shows a note there ("the sliders
+work in Jupyter or on Colab") instead of the widget view, see :func:`setup`.
 """
 from __future__ import annotations
 
@@ -63,3 +65,58 @@ def explorer(draw: Callable[..., plt.Figure], static: dict | None = None, intera
     out = w.interactive_output(update, widgets)
     display(w.VBox([w.HBox(list(widgets.values())), out]))
     return fig
+
+
+# The HTML book. A page has no kernel behind it, so a widget view there is an empty area at best (and its JavaScript
+# would come from a CDN). ``_config.yml`` loads this module as a Sphinx extension (``sphinx.extra_extensions``): each
+# output that carries a widget view becomes HTML_NOTE, right below the static figure that explorer() displayed first.
+# It works on the outputs stored in the notebooks as they are (nothing is re-executed or edited).
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+HTML_NOTE_TITLE = "Interactive version"
+HTML_NOTE = ("The sliders for this figure work when the notebook runs in Jupyter or on Colab (the \u201cOpen in "
+             "Colab\u201d badge at the top of the page); this page shows the figure for the default values above.")
+
+
+def html_note():
+    """The docutils node that replaces a widget view in the HTML book: a tip box saying where the sliders work."""
+    from docutils import nodes
+
+    return nodes.admonition("", nodes.title("", HTML_NOTE_TITLE), nodes.paragraph("", HTML_NOTE),
+                            classes=["tip", "flatcomp-widget-note"])
+
+
+def replace_widget_views(document) -> int:
+    """Replace every myst-nb output (a ``mime_bundle`` container) that offers a widget view with :func:`html_note`;
+    return how many were replaced. Runs before myst-nb picks one mime type per output, so neither the view nor its
+    ``text/plain`` fallback (``VBox(children=...)``) reaches the page."""
+    from docutils import nodes
+
+    def offers_widget_view(node) -> bool:
+        return (isinstance(node, nodes.container) and node.get("nb_element") == "mime_bundle"
+                and any(child.get("mime_type") == WIDGET_VIEW for child in node.children))
+
+    bundles = list(document.findall(offers_widget_view))
+    for bundle in bundles:
+        bundle.replace_self(html_note())
+    return len(bundles)
+
+
+def _drop_widget_state(app, doctree) -> None:
+    """No widget view reaches the page, so the widget state myst-nb would embed in it (tens of kB of JSON) is unused."""
+    docs = getattr(app.env, "nb_metadata", None) or {}
+    docs.get(app.env.docname, {}).get("js_files", {}).pop("ipywidgets_state", None)
+
+
+def setup(app):
+    """Sphinx extension entry point (see the comment above :data:`WIDGET_VIEW`)."""
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+
+    class WidgetViewsToNote(SphinxPostTransform):
+        default_priority = 3  # before myst-nb's SelectMimeType (4)
+
+        def run(self, **kwargs: Any) -> None:
+            replace_widget_views(self.document)
+
+    app.add_post_transform(WidgetViewsToNote)
+    app.connect("doctree-read", _drop_widget_state)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
