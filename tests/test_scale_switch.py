@@ -15,11 +15,10 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flatcomp_tutorial import data as D
-from test_data import _idx_bytes, _register
+from test_data import fake_fashion  # noqa: F401 (a fixture, used through fake_fashion_cache)
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
@@ -75,17 +74,10 @@ def user_value(cpu, paper):
 
 
 @pytest.fixture
-def fake_fashion_cache(tmp_path, monkeypatch):
-    """FashionMNIST in the real IDX gz format under a temporary ``FLATCOMP_DATA``; downloading is impossible."""
-    rng = np.random.default_rng(0)
-    x_tr, x_te = rng.integers(0, 256, (40, 28, 28)), rng.integers(0, 256, (20, 28, 28))
-    l_tr, l_te = np.arange(40) % 10, np.arange(20) % 10
-    _register(monkeypatch, tmp_path, {
-        "fashion_mnist/train-images-idx3-ubyte.gz": _idx_bytes(x_tr),
-        "fashion_mnist/train-labels-idx1-ubyte.gz": _idx_bytes(l_tr),
-        "fashion_mnist/t10k-images-idx3-ubyte.gz": _idx_bytes(x_te),
-        "fashion_mnist/t10k-labels-idx1-ubyte.gz": _idx_bytes(l_te),
-    })
+def fake_fashion_cache(fake_fashion, monkeypatch):
+    """FashionMNIST in the real IDX gz format (tests/test_data.py's ``fake_fashion``) under a temporary
+    ``FLATCOMP_DATA``; downloading is impossible."""
+    tmp_path = fake_fashion[0]
     monkeypatch.setenv("FLATCOMP_DATA", str(tmp_path))
     fetch = D.fetch
     monkeypatch.setattr(D, "fetch", lambda relpath, root=None, download=True: fetch(relpath, root, download=False))
