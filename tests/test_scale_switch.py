@@ -3,7 +3,7 @@ value the user set (issue 11, section 1).
 
 Convention checked here: a parameter that depends on ``scale`` defaults to ``None`` in the parameters cell, its comment
 gives both values as ``None: <cpu value> (cpu) / <paper value> (paper)``, and the setup cell right after it validates
-``scale`` and then resolves it with one line ``name = {"cpu": ..., "paper": ...}[scale] if name is None else name``.
+``scale`` and then resolves it with ``if name is None:`` / ``name = {"cpu": ..., "paper": ...}[scale]``.
 
 The dynamic tests run only the parameters cell and the setup cell of each chapter (no training), as papermill would:
 the parameters cell, then the user's assignments, then the setup cell. At paper scale the setup cells load
@@ -100,7 +100,7 @@ def test_every_documented_paper_value_is_a_none_default_that_the_setup_cell_reso
     check = setup.find('if scale not in ("cpu", "paper"):\n    raise ValueError(')
     assert check >= 0, "the setup cell validates scale"
     for name, (cpu, paper) in switches(params).items():
-        line = re.search(rf"^{name} = (\{{.*\}})\[scale\] if {name} is None else {name}$", setup, re.M)
+        line = re.search(rf"^if {name} is None:\n    {name} = (\{{.*\}})\[scale\]$", setup, re.M)
         assert line, f"{name}: no uniform resolution line in the setup cell"
         assert line.start() > check, f"{name} is resolved before scale is validated"
         assert ast.literal_eval(line.group(1)) == {"cpu": cpu, "paper": paper}, f"{name}: comment and code differ"
