@@ -13,6 +13,12 @@ import torch
 
 from .checks import check_count, is_integer
 
+SCALES = ("cpu", "paper")
+# Hours one run of the paper preset's MLP (784-512-512-2, 2-class FashionMNIST, full 200-epoch budget and every
+# measure) takes on one core of the CPU that built the book: chapter "Running at paper scale" measures it (about
+# 0.38 h there) and prints it beside this figure. VGG-11 and ViT steps cost 30-140 times as much.
+PAPER_MLP_CPU_HOURS = 0.4
+
 # Accelerator backends without float64 arithmetic (Apple's Metal Performance Shaders).
 _NO_FLOAT64 = ("mps",)
 
@@ -77,6 +83,24 @@ def configure(seed: int = 0, device: str = "auto", threads: int | None = None,
         torch.set_num_threads(threads)
     seed_everything(seed)
     return dev
+
+
+def check_scale(scale: str, device: torch.device | str, runs: int = 1) -> str:
+    """``scale`` if it is ``"cpu"`` or ``"paper"`` (ValueError otherwise). With ``"paper"`` on a CPU device a
+    RuntimeWarning gives the estimated time, ``runs`` × :data:`PAPER_MLP_CPU_HOURS` hours or more, and asks for a GPU
+    (on Colab: Runtime → Change runtime type); the chapter then goes on. Every chapter calls this in its setup cell,
+    before any data are loaded."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be 'cpu' or 'paper', got {scale!r}")
+    runs = check_count(runs, "runs (the number of paper-scale training runs the chapter does)")
+    if scale == "paper" and torch.device(device).type == "cpu":
+        hours = runs * PAPER_MLP_CPU_HOURS
+        warnings.warn(f"scale='paper' on a CPU: this chapter trains {runs} paper-scale run(s), about "
+                      f"{PAPER_MLP_CPU_HOURS:g} h each for the MLP on one CPU core (convolutional networks and ViTs "
+                      f"take 30-140 times longer), so expect {hours:.2g} h or more. Use a GPU: on Colab choose "
+                      "Runtime -> Change runtime type -> GPU and run the chapter again (device='auto' picks it); "
+                      "or keep scale='cpu'.", RuntimeWarning, stacklevel=2)
+    return scale
 
 
 @contextmanager

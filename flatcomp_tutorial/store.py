@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["config_key", "results_dir", "provenance", "jsonable", "append_record", "read_store", "record", "load_results"]
+__all__ = ["config_key", "results_dir", "shipped_store", "results_store", "provenance", "jsonable", "append_record", "read_store", "record", "load_results"]
 
 _NOT_IN_KEY = ("root", "download")  # where data lives does not change a run
 
@@ -52,6 +52,43 @@ def results_dir() -> Path:
     from .data import default_root
 
     return default_root() / "results"
+
+
+def shipped_store(name: str) -> Path | None:
+    """The result store ``name`` (e.g. ``"cpu_sweep.jsonl"``) shipped inside the package
+    (``flatcomp_tutorial/results/``, package data), or None if the package ships no store of that name."""
+    path = Path(__file__).resolve().parent / "results" / _store_name(name)
+    return path if path.is_file() else None
+
+
+def _store_name(name: str) -> str:
+    if not isinstance(name, str) or not name.endswith(".jsonl") or Path(name).name != name or name == ".jsonl":
+        raise ValueError(f"name must be a store file name ending in .jsonl, without folders (e.g. "
+                         f"'cpu_sweep.jsonl'), got {name!r}; pass a full path to fc.sweep(store=...) instead")
+    return name
+
+
+def results_store(name: str) -> Path:
+    """``results_dir() / name``, holding the book's own runs: where the package ships a store of that name
+    (:func:`shipped_store`), every shipped record whose key the local store lacks is appended to it first (with
+    :func:`append_record`). In a checkout the local store *is* the shipped file and nothing is copied; from an
+    installed package (e.g. Colab) the chapters thus find the book's runs instead of retraining them, and new runs go
+    to a writable copy under ``$FLATCOMP_DATA`` or the user cache (chapter "Running at paper scale")."""
+    path = results_dir() / _store_name(name)
+    shipped = shipped_store(name)
+    if shipped is None or (path.exists() and path.resolve() == shipped.resolve()):
+        return path
+    have = {r["key"] for r in read_store(path, warn=False)[0]}
+    missing = [r for r in read_store(shipped)[0] if r["key"] not in have]
+    if missing:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for rec in missing:
+                append_record(path, rec)
+        except OSError as err:
+            raise OSError(f"cannot write the result store {path} ({err}); set $FLATCOMP_DATA to a writable folder "
+                          "(on Colab e.g. a folder in your mounted Google Drive)") from err
+    return path
 
 
 def provenance(device: str | None = None) -> dict:

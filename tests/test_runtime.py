@@ -139,3 +139,31 @@ def test_progress_is_quiet_under_ci_or_flatcomp_progress_0(monkeypatch):
     monkeypatch.delenv("CI")
     monkeypatch.setenv("FLATCOMP_PROGRESS", "0")
     assert not runtime.progress_enabled(None) and runtime.progress_enabled(True)
+
+
+# --- check_scale: the scale switch of every chapter's setup cell --------------------------------------------------
+def test_check_scale_returns_a_valid_scale_without_warning_at_cpu_scale(recwarn):
+    assert runtime.check_scale("cpu", "cpu", runs=100) == "cpu"
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("scale", ["CPU", "gpu", None, 1])
+def test_check_scale_refuses_an_unknown_scale(scale):
+    with pytest.raises(ValueError, match="scale must be 'cpu' or 'paper'"):
+        runtime.check_scale(scale, "cpu")
+
+
+def test_check_scale_warns_with_the_estimated_hours_for_paper_scale_on_a_cpu():
+    with pytest.warns(RuntimeWarning, match=r"trains 10 paper-scale run\(s\).*expect 4 h or more.*GPU"):
+        runtime.check_scale("paper", torch.device("cpu"), runs=10)
+
+
+def test_check_scale_does_not_warn_for_paper_scale_on_a_gpu(recwarn):
+    assert runtime.check_scale("paper", "cuda", runs=10) == "paper"
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("runs", [0, 1.5, True])
+def test_check_scale_refuses_a_run_count_that_is_not_a_positive_integer(runs):
+    with pytest.raises(ValueError, match="runs"):
+        runtime.check_scale("paper", "cpu", runs=runs)
