@@ -12,13 +12,38 @@ from matplotlib.lines import Line2D
 
 from .. import measures
 
-__all__ = ["GRID_ALPHA", "LEGEND_FONTSIZE", "SMALL_FONTSIZE", "MARKERS", "label", "new_axes", "grid_axes", "finish",
-           "plain_log_ticks", "lr_batch_handles", "run_colors"]
+__all__ = ["GRID_ALPHA", "MAX_WIDTH", "MAX_COLS", "LEGEND_FONTSIZE", "SMALL_FONTSIZE", "MARKERS", "RC", "label", "new_axes", "grid_axes", "finish",
+           "plain_log_ticks", "lr_batch_handles", "run_colors",
+           "is_matrix_layout"]
 
 GRID_ALPHA = 0.3
-LEGEND_FONTSIZE = 8     # legends of one or two entries per run
-SMALL_FONTSIZE = 7      # legends with many entries
+# Legible at the width the book shows a figure (about 680 px): figures are at most MAX_WIDTH inches wide at 100 dpi,
+# at most MAX_COLS panels per row, and no text is smaller than 9 pt.
+MAX_WIDTH = 6.8         # inches
+MAX_COLS = 2
+LEGEND_FONTSIZE = 9     # legends of one or two entries per run
+SMALL_FONTSIZE = 9      # legends with many entries
 MARKERS = "osD^v<>ph*"  # one marker per category (batch size, bound, quantity)
+RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+      "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11, "figure.dpi": 100,
+      "savefig.dpi": 200}
+plt.rcParams.update(RC)   # the book's figure style, set once when the figures are imported
+
+
+def _sharp_inline_figures() -> None:
+    """In a Jupyter kernel, figures are shown as 2x PNG at their logical size ("retina"): sharp on dense screens
+    and in the HTML book, which keeps the logical width."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and "inline" in str(plt.get_backend()):
+        set_matplotlib_formats("retina")
+
+
+_sharp_inline_figures()
 
 
 def label(column: str) -> str:
@@ -27,21 +52,47 @@ def label(column: str) -> str:
     return measures.label(column) if column in measures.LABELS else column.replace("_", " ")
 
 
+def _panels(n: int, width: float, height: float):
+    """A new figure of ``n`` panels, at most :data:`MAX_COLS` per row (row-major), each ``width`` × ``height``
+    inches scaled down so that the figure is at most :data:`MAX_WIDTH` wide; ``(figure, flat array of n axes)``."""
+    cols = min(n, MAX_COLS)
+    rows = -(-n // cols)
+    scale = min(1.0, MAX_WIDTH / (width * cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols * scale, height * rows * scale),
+                             constrained_layout=True, squeeze=False)
+    flat = axes.ravel()
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    return fig, flat[:n]
+
+
 def new_axes(ax=None, ncols: int = 1, width: float = 4.2, height: float = 3.2):
-    """``(figure, ax)`` of the given axes, or of a new 1 × ``ncols`` row of panels, each ``width`` × ``height``
-    inches."""
+    """``(figure, ax)`` of the given axes, or of ``ncols`` new panels of ``width`` × ``height`` inches (at most
+    :data:`MAX_COLS` per row, scaled to :data:`MAX_WIDTH`): one Axes for ``ncols=1``, else an array of ``ncols``."""
     if ax is not None:
         return ax.figure, ax
-    fig, ax = plt.subplots(1, ncols, figsize=(width * ncols, height), constrained_layout=True)
-    return fig, ax
+    fig, axes = _panels(ncols, width, height)
+    return fig, (axes[0] if ncols == 1 else axes)
 
 
 def grid_axes(axes, nrows: int, ncols: int, width: float, height: float):
-    """``(figure, axes)`` of the given axes reshaped to ``nrows`` × ``ncols``, or of a new grid of panels."""
+    """``(figure, axes)``: the given axes, or ``nrows`` × ``ncols`` new panels laid out at most :data:`MAX_COLS` per
+    row (panel ``[i, j]`` is the ``i * ncols + j``-th in reading order); ``axes`` is an ``nrows`` × ``ncols`` array."""
     if axes is None:
-        return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), constrained_layout=True,
-                            squeeze=False)
+        fig, flat = _panels(nrows * ncols, width, height)
+        return fig, flat.reshape(nrows, ncols)
     return np.ravel(axes)[0].figure, np.asarray(axes).reshape(nrows, ncols)
+
+
+def is_matrix_layout(axes) -> bool:
+    """Whether a 2-d ``axes`` array is drawn as the matrix it indexes (then only the outer panels need axis labels)
+    or was reflowed to :data:`MAX_COLS` per row (then every panel needs its own)."""
+    axes = np.asarray(axes)
+    if axes.ndim != 2 or axes.size < 2:
+        return True
+    grid = [ax.get_subplotspec() for ax in axes.ravel()]
+    return all(g is not None and g.colspan.start == j for g, j in zip(grid, np.tile(np.arange(axes.shape[1]),
+                                                                                        axes.shape[0])))
 
 
 def finish(fig: Figure, axes, title: str | None = None, legend: dict | None = None, legend_on: str = "first",

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ._style import LEGEND_FONTSIZE, SMALL_FONTSIZE, finish, label, new_axes
+from ._style import LEGEND_FONTSIZE, MAX_WIDTH, SMALL_FONTSIZE, finish, label, new_axes
 
 
 def plot_history(history: pd.DataFrame, axes=None, title: str | None = None):
@@ -27,7 +27,8 @@ def show_images(x, labels=None, n: int = 16, ax=None, title: str | None = None):
     x = np.asarray(x[:n])
     cols = min(n, 8)
     rows = int(np.ceil(len(x) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.25 * rows), constrained_layout=True)
+    scale = min(1.0, MAX_WIDTH / (1.1 * cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols * scale, 1.25 * rows * scale), constrained_layout=True)
     for i, a in enumerate(np.ravel(axes)):
         a.axis("off")
         if i < len(x):

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from ..history import late_start_step
-from ._style import LEGEND_FONTSIZE, SMALL_FONTSIZE, finish, grid_axes, label, new_axes, plain_log_ticks
+from ._style import (LEGEND_FONTSIZE, SMALL_FONTSIZE, finish, grid_axes, is_matrix_layout, label, new_axes,
+                     plain_log_ticks)
 
 SHARPNESS_COLUMNS = ("trace_h", "trace_g", "lambda_max", "test_trace_h")  # drawn on a log axis
 
@@ -28,7 +29,7 @@ def _log_norm(c: np.ndarray):
 
 
 def plot_late_phase(histories: dict, columns=("train_loss", "trace_h", "lambda_max", "mean_mls", "mean_log_lvr",
-                                                "mean_local_dim"), axes=None, ncols: int = 3, title: str | None = None):
+                                                "mean_local_dim"), axes=None, ncols: int = 2, title: str | None = None):
     """Time courses of several measures for several runs (``{label: TrainResult.history}``), one panel per column,
     x = SGD step, the start of each run's late phase marked by a dotted vertical line in the run's colour.
     ``trace_h`` is drawn with a ±1 stderr band and, where present, the exact ``trace_g`` dashed on the same panel;
@@ -118,6 +119,7 @@ def plot_sweep_scatter(results: pd.DataFrame, sharpness=("trace_h", "lambda_max"
     c = df[color].astype(float).to_numpy()
     norm = _log_norm(c)
     fig, axes = grid_axes(axes, len(sharpness), len(compression), width=3.1, height=2.6)
+    matrix = is_matrix_layout(axes)
     sc = None
     for i, s in enumerate(sharpness):
         for j, comp in enumerate(compression):
@@ -125,10 +127,10 @@ def plot_sweep_scatter(results: pd.DataFrame, sharpness=("trace_h", "lambda_max"
             sc = ax.scatter(df[comp], df[s], c=c, cmap="viridis", norm=norm, s=18)
             ax.set_yscale("log")
             plain_log_ticks(ax.yaxis)
-            if i == len(sharpness) - 1:
-                ax.set_xlabel(label(comp), fontsize=LEGEND_FONTSIZE)
-            if j == 0:
-                ax.set_ylabel(label(s), fontsize=LEGEND_FONTSIZE)
+            if i == len(sharpness) - 1 or not matrix:
+                ax.set_xlabel(label(comp))
+            if j == 0 or not matrix:
+                ax.set_ylabel(label(s))
     if sc is not None:
         fig.colorbar(sc, ax=axes, label=label(color), shrink=0.8)
     return finish(fig, axes, title)
