@@ -77,7 +77,7 @@ def test_results_store_names_flatcomp_data_when_the_data_root_is_not_writable(tm
         fc.store.results_store("cpu_arch.jsonl")
 
 
-def test_the_built_wheel_contains_the_shipped_stores(tmp_path):
+def test_the_built_wheel_contains_every_module_and_the_shipped_stores(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO / "flatcomp_tutorial", src / "flatcomp_tutorial",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -88,3 +88,6 @@ def test_the_built_wheel_contains_the_shipped_stores(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"flatcomp_tutorial/results/{n}" for n in SHIPPED} <= names
+    package = REPO / "flatcomp_tutorial"
+    modules = {p.relative_to(REPO).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules - names == set(), "modules missing from the installed package (pyproject [tool.setuptools])"
