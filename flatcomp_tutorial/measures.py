@@ -86,8 +86,9 @@ def measure_descriptions(version: int = MEASURE_VERSION, probes: int | None = No
         "nmls": "NMLS, left side of B6, over all dense layers on the measurement subset inputs (bounds.nmls); "
                 "NaN for weight-sharing dense layers (ViT)",
         "bounds": "bounds.bound_table (B1-B8, identity rows skipped; B1-B5 only for a dense first layer) on the "
-                  "measurement subset -> bounds_hold (1 if every bound holds) and slack_<bound> (RHS/LHS, or "
-                  "RHS-LHS for the log forms B4, B5; the smallest over layers for B8)",
+                  "measurement subset -> bounds_hold (1 if every bound holds), slack_<bound> (RHS/LHS, or "
+                  "RHS-LHS for the log forms B4, B5; the smallest over layers for B8) and both sides lhs_<bound>, "
+                  "rhs_<bound> of B1-B7",
         "global_pr": "participation ratio of the last hidden representation (input of the last dense layer) over "
                      "the measurement subset inputs (geometry.participation_ratio)",
     }
@@ -216,8 +217,11 @@ def _named_measure(name: str, loss: str, probes: int | None, version: int = MEAS
         t = bounds.bound_table(model, m.x_train, m.y_train, first_layer=first_layer_is_dense(model),
                                identity_check=False)
         slacks = t.groupby("name").slack.min()
+        single = t[t.groupby("name").name.transform("size") == 1]   # B1-B7: one row each (B8: one per layer)
+        sides = {f"{side}_{k.replace(' ', '_')}": float(v) for _, row in single.iterrows()
+                 for side, k, v in (("lhs", row["name"], row.lhs), ("rhs", row["name"], row.rhs))}
         return {"bounds_hold": float(t.holds.all()), **{f"slack_{k.replace(' ', '_')}": float(v)
-                                                        for k, v in slacks.items()}}
+                                                        for k, v in slacks.items()}, **sides}
 
     fns: dict[str, MeasureFn] = {
         "bounds": bound_measure,

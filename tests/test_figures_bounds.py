@@ -68,3 +68,19 @@ def test_plot_rescaling_explorer_shows_the_ratios_at_the_nearest_factor():
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["trace_g", "trace_h", "kappa_1"]
     np.testing.assert_allclose([p.get_height() for p in fig.axes[1].patches], [0.25, 0.25, 1.0])
     plt.close(fig)
+
+
+def test_plot_bound_sides_draws_each_run_below_the_diagonal_with_a_marker_at_its_last_checkpoint():
+    cp = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "run": ["a0"] * 3 + ["b0"] * 3,
+                       "lhs_B2": [1.0, 0.8, 0.5, 2.0, 1.9, 1.8], "rhs_B2": [3.0, 2.5, 2.0, 4.0, 4.0, 3.9],
+                       "lhs_B6": [1.0] * 6, "rhs_B6": [2.0] * 6})
+    fig = figures.plot_bound_sides(cp, title="sides")
+    left, right = fig.axes
+    assert left.get_xlabel() == "right side of B2" and left.get_ylabel() == "left side of B2"
+    assert left.get_xscale() == left.get_yscale() == "log" and right.get_xlabel() == "right side of B6"
+    lines = left.get_lines()       # per run: trajectory, last-checkpoint marker; then the diagonal
+    assert np.allclose(lines[0].get_xdata(), [3.0, 2.5, 2.0]) and np.allclose(lines[1].get_ydata(), [0.5])
+    assert lines[1].get_color() == "C0" and lines[3].get_color() == "C1"
+    assert np.allclose(lines[-1].get_xdata(), lines[-1].get_ydata())
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["a", "b", "LHS = RHS"]
+    plt.close(fig)

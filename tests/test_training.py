@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import problems
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -223,6 +224,15 @@ def test_named_measures_add_their_columns_at_every_checkpoint(measured):
     assert h[sorted(cols)].notna().all().all() and measured.history.attrs["measure_errors"] == {}
     assert (h.bounds_hold == 1).all()  # every bound holds at any parameters (with G): appendix "Notation and conventions", B1-B8
     assert set(h.attrs["measures"]) >= {"lambda_max", "local"} and "seeded" in h.attrs["measure_data"]
+
+
+def test_the_bounds_measure_records_both_sides_whose_ratio_is_the_slack(measured):
+    h = measured.history
+    for b in ("B1", "B2", "B3", "B6", "B7"):        # ratio slacks (B4, B5 are log forms: RHS - LHS)
+        assert (h[f"lhs_{b}"] <= h[f"rhs_{b}"]).all()
+        np.testing.assert_allclose(h[f"rhs_{b}"] / h[f"lhs_{b}"], h[f"slack_{b}"], rtol=1e-12)
+    np.testing.assert_allclose(h.rhs_B5 - h.lhs_B5, h.slack_B5, rtol=1e-12)
+    assert "lhs_B8" not in h    # one row per layer: only its smallest slack is recorded
 
 
 def test_measures_are_computed_on_the_fixed_measurement_subset(measured, small_digits):

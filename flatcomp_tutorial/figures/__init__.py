@@ -11,7 +11,8 @@ introduction's headline figure). Every drawing function is re-exported here: ``f
 from __future__ import annotations
 
 from .beyond import plot_group_bars, plot_group_scatter, plot_headline, plot_radii, plot_radius_scatter
-from .bounds import plot_amgm, plot_b4_steps, plot_rescaling, plot_rescaling_explorer, plot_slack_by_network
+from .bounds import (plot_amgm, plot_b4_steps, plot_bound_sides, plot_rescaling, plot_rescaling_explorer,
+                     plot_slack_by_network)
 from .dynamics import (plot_edge_of_stability, plot_lr_batch_grid, plot_measure_trajectories, plot_quadratic_gd,
                        plot_sharpness_vs_compression, plot_weight_scaling)
 from .foundations import (plot_ball_convergence, plot_history, plot_layer_profiles, plot_local_ellipse,
@@ -24,7 +25,7 @@ __all__ = [
     "plot_ball_convergence", "plot_layer_profiles", "plot_measure_histograms",
     "plot_quadratic_gd", "plot_edge_of_stability", "plot_lr_batch_grid", "plot_measure_trajectories",
     "plot_weight_scaling", "plot_sharpness_vs_compression",
-    "plot_b4_steps", "plot_amgm", "plot_slack_by_network", "plot_rescaling", "plot_rescaling_explorer",
+    "plot_b4_steps", "plot_amgm", "plot_bound_sides", "plot_slack_by_network", "plot_rescaling", "plot_rescaling_explorer",
     "plot_late_phase", "plot_train_test_sharpness", "plot_correlations", "plot_sweep_scatter", "plot_vs_lr_over_batch",
     "plot_train_vs_test",
     "plot_group_bars", "plot_group_scatter", "plot_radii", "plot_headline", "plot_radius_scatter",

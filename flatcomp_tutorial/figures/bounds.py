@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..toys import amgm_gap, geometric_spectrum
-from ._style import LEGEND_FONTSIZE, MARKERS, finish, new_axes
+from ._style import LEGEND_FONTSIZE, MARKERS, SMALL_FONTSIZE, finish, new_axes, run_colors
 
 
 def plot_b4_steps(steps: dict, ax=None, title: str | None = None):
@@ -75,6 +75,32 @@ def plot_slack_by_network(slacks: pd.DataFrame, ax=None, title: str | None = Non
     ax.set(xlabel="network", ylabel="slack RHS / LHS (log scale)")
     return finish(fig, ax, title, legend={"fontsize": LEGEND_FONTSIZE, "loc": "center left",
                                           "bbox_to_anchor": (1.01, 0.5)}, which="both")
+
+
+def plot_bound_sides(checkpoints: pd.DataFrame, bounds=("B2", "B6"), group: str = "method", run: str = "run",
+                     axes=None, title: str | None = None):
+    """Left side against right side of each bound (columns ``lhs_<b>``, ``rhs_<b>``), log-log, one panel per bound:
+    each run (rows sharing ``run``, in checkpoint order) is a thin line through its checkpoints ending in a marker at
+    its last one, coloured by ``group``; the dashed diagonal LHS = RHS is where the bound would be tight (every point
+    lies below it)."""
+    bounds = list(bounds)
+    fig, axes = new_axes(axes, ncols=len(bounds), width=3.6, height=3.4)
+    axes = np.atleast_1d(axes)
+    colors = run_colors(checkpoints[group])
+    for ax, b in zip(axes, bounds):
+        lhs, rhs = f"lhs_{b}", f"rhs_{b}"
+        for name, rows in checkpoints.groupby(run, sort=False):
+            c = colors[rows[group].iloc[0]]
+            ax.plot(rows[rhs], rows[lhs], "-", color=c, lw=0.8, alpha=0.6)
+            ax.plot(rows[rhs].iloc[-1:], rows[lhs].iloc[-1:], "o", color=c, ms=5)
+        lo = float(min(checkpoints[lhs].min(), checkpoints[rhs].min()))
+        hi = float(max(checkpoints[lhs].max(), checkpoints[rhs].max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel=f"right side of {b}", ylabel=f"left side of {b}")
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="-", label=str(g)) for g, c in colors.items()]
+    handles.append(plt.Line2D([], [], color="k", ls="--", label="LHS = RHS"))
+    axes[0].legend(handles=handles, fontsize=SMALL_FONTSIZE)
+    return finish(fig, axes, title, which="both")
 
 
 def _at_c_equal_one(table: pd.DataFrame) -> pd.Series:
