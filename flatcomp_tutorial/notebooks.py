@@ -87,11 +87,48 @@ def execute(path: str | Path, timeout: int = 600, kernel_name: str = "python3") 
     os.environ["FLATCOMP_PROGRESS"] = "0"  # inherited by the kernel: no progress bars in stored outputs
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
+    nb.metadata["flatcomp"] = {"execution": execution_record(elapsed, load)}
     nbformat.write(nb, path)
     return elapsed
+
+
+def execution_record(wall_s: float, load: float | None = None) -> dict:
+    """What :func:`execute` stores in a notebook's ``metadata["flatcomp"]["execution"]``: the wall time of the
+    whole run in seconds, the UTC date, the CPU threads (``$OMP_NUM_THREADS``; the chapters fix their own with
+    ``threads``), the cores of the machine, its 1-minute load average when the run started (a shared machine slows
+    every chapter) and the torch version."""
+    import platform
+
+    import torch
+
+    return {"wall_s": round(float(wall_s), 1), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS"), "cores": os.cpu_count(),
+            "load_at_start": None if load is None else round(float(load), 2),
+            "machine": platform.machine(), "torch": torch.__version__}
+
+
+def execution_table(paths: list[Path] | None = None):
+    """One row per chapter (default: every chapter of ``_toc.yml`` with a recorded execution): ``chapter``,
+    ``title`` (its first heading) and the fields of :func:`execution_record` from its last run of :func:`execute`.
+    Chapters never executed by :func:`execute` get a row of NaN/None, so that a missing record is visible."""
+    import nbformat
+    import pandas as pd
+
+    rows = []
+    for p in paths or chapters():
+        nb = nbformat.read(p, as_version=4)
+        title = next((line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"
+                      for line in c.source.splitlines() if line.startswith("# ")), p.stem)
+        rec = nb.metadata.get("flatcomp", {}).get("execution", {})
+        rows.append({"chapter": p.stem, "title": title, **{k: rec.get(k) for k in _EXECUTION_FIELDS}})
+    return pd.DataFrame(rows, columns=["chapter", "title", *_EXECUTION_FIELDS])
+
+
+_EXECUTION_FIELDS = ("wall_s", "date", "omp_threads", "cores", "load_at_start", "machine", "torch")
 
 
 def glue(name: str, value, display: bool = False) -> None:

@@ -1,11 +1,13 @@
 """The book as readers and CI use it: table of contents, Colab badges, parameters cells, stored outputs,
 papermill overrides, and the failure mechanism (a broken cell fails both the main job and nbval)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
@@ -140,3 +142,33 @@ def test_widget_explorer_runs_headless_and_leaves_a_static_figure(tmp_path):
     pngs = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert len(pngs) == 1, "exactly one static figure in the cell output (the interactive one lives in the widget)"
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_execute_records_the_wall_time_of_the_run_in_the_notebook_metadata(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    elapsed = NB.execute(path)
+    rec = nbformat.read(path, as_version=4).metadata["flatcomp"]["execution"]
+    assert rec["wall_s"] == round(elapsed, 1) and rec["cores"] == os.cpu_count()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", rec["date"]) and rec["torch"]
+
+
+def test_execution_table_has_a_row_per_chapter_and_shows_a_missing_record(tmp_path):
+    paths = []
+    for name, record in (("done", {"wall_s": 12.5, "date": "2026-12-06", "cores": 2}), ("never", None)):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Chapter {name}\n\ntext")])
+        if record:
+            nb.metadata["flatcomp"] = {"execution": record}
+        paths.append(tmp_path / f"{name}.ipynb")
+        nbformat.write(nb, paths[-1])
+    table = NB.execution_table(paths)
+    assert list(table.chapter) == ["done", "never"] and list(table.title) == ["Chapter done", "Chapter never"]
+    assert table.wall_s.iloc[0] == 12.5 and table.wall_s.isna().iloc[1] and pd.isna(table.date.iloc[1])
+
+
+def test_every_chapter_has_an_execution_record():
+    table = NB.execution_table()
+    missing = table[table.wall_s.isna()].chapter.tolist()
+    assert missing == [], f"chapters never run by `make execute` (python -m flatcomp_tutorial.notebooks execute): {missing}"
