@@ -83,6 +83,9 @@ def measure_descriptions(version: int = MEASURE_VERSION, probes: int | None = No
                         "test_trace_h_stderr",
         "local": "input->output local measures on the measurement subset inputs (geometry.local_measures) -> "
                  "mean_log_lvr, median_log_lvr, mean_mls, mean_local_dim",
+        "hidden_local": "hidden representation h_l versus the input, for every hidden dense layer l (not the "
+                        "output), on the measurement subset inputs (geometry.local_measures(model, x, 'input', l)) "
+                        "-> mean_local_dim_h<l>, mean_mls_h<l>, mean_log_lvr_h<l> (r = min(width, input dim))",
         "nmls": "NMLS, left side of B6, over all dense layers on the measurement subset inputs (bounds.nmls); "
                 "NaN for weight-sharing dense layers (ViT)",
         "bounds": "bounds.bound_table (B1-B8, identity rows skipped; B1-B5 only for a dense first layer) on the "
@@ -213,6 +216,14 @@ def _named_measure(name: str, loss: str, probes: int | None, version: int = MEAS
         return {"mean_log_lvr": float(np.mean(r["log_lvr"])), "median_log_lvr": float(np.median(r["log_lvr"])),
                 "mean_mls": float(np.mean(r["mls"])), "mean_local_dim": float(np.mean(r["local_dim"]))}
 
+    def hidden_local(model, m):
+        out = {}
+        for l in range(1, len(dense_layers(model))):       # h_1 .. h_{L-1}: every hidden representation
+            r = geometry.local_measures(model, m.x_train, "input", l)
+            out.update({f"mean_local_dim_h{l}": float(np.mean(r["local_dim"])),
+                        f"mean_mls_h{l}": float(np.mean(r["mls"])), f"mean_log_lvr_h{l}": float(np.mean(r["log_lvr"]))})
+        return out
+
     def bound_measure(model, m):
         t = bounds.bound_table(model, m.x_train, m.y_train, first_layer=first_layer_is_dense(model),
                                identity_check=False)
@@ -234,6 +245,7 @@ def _named_measure(name: str, loss: str, probes: int | None, version: int = MEAS
                                                                           layer=last_layer(model), loss=loss),
         "adaptive_sharpness": adaptive,
         "local": local,
+        "hidden_local": hidden_local,
         "nmls": lambda model, m: bounds.nmls(model, m.x_train),
         "global_pr": lambda model, m: geometry.participation_ratio(
             geometry.representations(model, m.x_train, last_layer(model) - 1)),

@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["config_key", "results_dir", "shipped_store", "results_store", "provenance", "jsonable", "append_record", "read_store", "record", "load_results"]
+__all__ = ["config_key", "results_dir", "shipped_store", "results_store", "provenance",
+           "jsonable", "append_record", "read_store", "record", "load_results"]
 
 _NOT_IN_KEY = ("root", "download")  # where data lives does not change a run
 

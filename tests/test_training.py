@@ -488,3 +488,18 @@ def test_training_does_not_import_sweeps_store_presets_or_figures():
             imported |= {a.name for a in node.names}
     names = {part for name in imported for part in name.split(".")}
     assert not names & {"sweeps", "store", "presets", "figures", "experiments"}, imported
+
+
+def test_hidden_local_records_every_hidden_representation_against_the_input(small_digits):
+    model = _mlp(small_digits)
+    r = fc.train(model, small_digits, lr=0.1, batch_size=16, steps=4, track_every=4, measures=["hidden_local"],
+                 measure_n=32, progress=False)
+    h = r.history
+    n_hidden = len(fc.layers.dense_layers(model)) - 1
+    assert {f"mean_local_dim_h{l}" for l in range(1, n_hidden + 1)} <= set(h.columns)
+    assert f"mean_local_dim_h{n_hidden + 1}" not in h      # the output is the "local" measure's business
+    sub = fc.measures.measurement_subset(small_digits, 32, 0)
+    table = fc.geometry.layerwise_measures(r.model.eval(), sub.x_train).set_index("layer")
+    for l in range(1, n_hidden + 1):
+        assert h[f"mean_local_dim_h{l}"].iloc[-1] == pytest.approx(table.loc[l, "rep_local_dim"], rel=1e-6)
+        assert h[f"mean_mls_h{l}"].iloc[-1] == pytest.approx(table.loc[l, "rep_mls"], rel=1e-6)

@@ -12,7 +12,8 @@ from matplotlib.lines import Line2D
 
 from .. import measures
 
-__all__ = ["GRID_ALPHA", "MAX_WIDTH", "MAX_COLS", "LEGEND_FONTSIZE", "SMALL_FONTSIZE", "MARKERS", "RC", "label", "new_axes", "grid_axes", "finish",
+__all__ = ["GRID_ALPHA", "MAX_WIDTH", "MAX_COLS", "LEGEND_FONTSIZE", "SMALL_FONTSIZE", "MARKERS", "RC",
+           "label", "new_axes", "grid_axes", "finish",
            "plain_log_ticks", "lr_batch_handles", "run_colors",
            "is_matrix_layout"]
 
