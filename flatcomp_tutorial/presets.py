@@ -162,7 +162,8 @@ def late_phase_spec(late_steps: int = 4000) -> dict:
     sets it), measures Tr H (Gauss-Newton control variate to a 1 % standard error), exact Tr G, lambda_max and
     the local measures (MLS, log LVR, local dimension) on 128 training inputs (all of them if fewer)."""
     if not (isinstance(late_steps, int) and late_steps >= 10):
-        raise ValueError(f"late_steps must be an integer >= 10 (checkpoints every late_steps // 10), got {late_steps!r}")
+        raise ValueError(f"late_steps must be an integer >= 10 (checkpoints every late_steps // 10), "
+                         f"got {late_steps!r}")
     return preset(
         "cpu",
         datasets={"teacher_student": dict(name="teacher_student")},

@@ -19,7 +19,8 @@ import pandas as pd
 from .history import PHASES, phase_rows
 
 __all__ = ["correlations", "partial_correlations", "summarize", "checkpoint_correlations", "late_changes",
-           "late_trend", "late_correlations", "late_phase_table", "seed_intervals", "DIFFERENCE_MEASURES", "LATE_MEASURES"]
+           "late_trend", "late_correlations", "late_phase_table", "seed_intervals", "DIFFERENCE_MEASURES",
+           "LATE_MEASURES"]
 
 
 def _pearson(m: np.ndarray) -> np.ndarray:
