@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from .measures import MEASURE_VERSION, SWEEP_MEASURES
 
-__all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS",
+__all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS",
            "late_phase_spec", "late_phase_grid", "late_phase_arm"]
 
 _SWEEP_MEASURES = list(SWEEP_MEASURES)
