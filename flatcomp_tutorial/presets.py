@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from .measures import MEASURE_VERSION, SWEEP_MEASURES
 
-__all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config"]
+__all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS",
+           "late_phase_spec", "late_phase_grid", "late_phase_arm"]
 
 _SWEEP_MEASURES = list(SWEEP_MEASURES)
 
@@ -136,3 +137,65 @@ def preset_spec(p: str | Mapping) -> dict:
             raise ValueError(f"preset dict is missing the {section!r} section; build it with preset(name, ...)")
     spec.setdefault("grid", {})
     return spec
+
+
+#: The arms of the multi-seed late-phase study (chapter "Reproduction I: the late phase", section "Across seeds"):
+#: each a grid point without its seed. All use the tanh MLP 64x3 of that chapter, MSE, float32, batch size 16 unless
+#: stated, and train K = ``late_phase_steps`` SGD steps after the full training loss first falls below
+#: ``late_phase_threshold`` (checkpoints every K/10 steps).
+LATE_PHASE_ARMS: dict[str, dict] = {
+    "label noise": dict(dataset="digits", lr=0.1, batch_size=16, label_noise=0.2),
+    "plain SGD": dict(dataset="digits", lr=0.1, batch_size=16),
+    "SAM": dict(dataset="digits", lr=0.1, batch_size=16, sam_rho=0.05),
+    "large eta/B": dict(dataset="digits", lr=0.2, batch_size=4),
+    # 64 samples: the MLP interpolates them (loss < 1e-6 after about 20 000 steps, and still falling)
+    "teacher-student": {"dataset": "teacher_student", "data.n_train": 64, "lr": 0.2, "batch_size": 16,
+                        "late_phase_threshold": 1e-6},
+}
+LATE_PHASE_SEEDS = (0, 1, 2, 3, 4)
+
+
+def late_phase_spec(late_steps: int = 4000) -> dict:
+    """The ``cpu`` preset set up for the late-phase arms: the MLP 64x3 tanh (``arch="mlp3"``), the datasets
+    ``digits`` (3 vs 8) and ``teacher_student`` (8 -> 2, teacher 16 tanh units, 256 samples, no noise: an MLP can
+    fit it exactly), K = ``late_steps`` late-phase steps tracked every K/10, loss threshold 1e-3 (unless the arm
+    sets it), measures Tr H (Gauss-Newton control variate to a 1 % standard error), exact Tr G, lambda_max and
+    the local measures (MLS, log LVR, local dimension) on 128 training inputs (all of them if fewer)."""
+    if not (isinstance(late_steps, int) and late_steps >= 10):
+        raise ValueError(f"late_steps must be an integer >= 10 (checkpoints every late_steps // 10), "
+                         f"got {late_steps!r}")
+    return preset(
+        "cpu",
+        datasets={"teacher_student": dict(name="teacher_student")},
+        architectures={"mlp3": dict(kind="mlp", width=64, depth=3, activation="tanh", dataset="digits")},
+        train=dict(epochs=None, steps=200_000, late_phase_steps=late_steps, late_phase_threshold=1e-3,
+                   late_track_every=late_steps // 10, track_every_epochs=50,
+                   measures=["trace_h", "trace_g", "lambda_max", "local"], measure_n=128))
+
+
+def late_phase_grid(arms: Sequence[str] | None = None, seeds: Sequence[int] = LATE_PHASE_SEEDS) -> list[dict]:
+    """Grid points (for :func:`~flatcomp_tutorial.sweeps.sweep` with :func:`late_phase_spec`) of ``arms``
+    (names in :data:`LATE_PHASE_ARMS`; default all) x ``seeds``, each with ``arch="mlp3"``."""
+    names = list(LATE_PHASE_ARMS) if arms is None else list(arms)
+    unknown = [a for a in names if a not in LATE_PHASE_ARMS]
+    if unknown:
+        raise ValueError(f"arms {unknown} are not late-phase arms; use names from {list(LATE_PHASE_ARMS)}")
+    return [{"arch": "mlp3", **LATE_PHASE_ARMS[a], "seed": int(s)} for a in names for s in seeds]
+
+
+def _unset(v: Any) -> bool:
+    """None, NaN (a column another run of the table set) or 0."""
+    return v is None or v != v or v == 0
+
+
+def late_phase_arm(run: Mapping) -> str:
+    """The arm (key of :data:`LATE_PHASE_ARMS`) of a run: a row of :func:`~flatcomp_tutorial.store.load_results`
+    (train options as columns) or a resolved configuration (:func:`resolve_config`). ValueError if it is none."""
+    opts = {**run["train"], "dataset": run.get("dataset")} if isinstance(run.get("train"), Mapping) else dict(run)
+    for name, arm in LATE_PHASE_ARMS.items():
+        point = {k: v for k, v in arm.items() if not k.startswith("data.")}
+        others = [k for k in ("label_noise", "sam_rho") if k not in point]
+        if all(opts.get(k) == v for k, v in point.items()) and all(_unset(opts.get(k)) for k in others):
+            return name
+    raise ValueError(f"run {opts.get('key', '')} (dataset {opts.get('dataset')!r}, lr {opts.get('lr')}, "
+                     f"batch_size {opts.get('batch_size')}) is none of the late-phase arms {list(LATE_PHASE_ARMS)}")

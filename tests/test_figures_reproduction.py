@@ -119,3 +119,16 @@ def test_plot_correlations_rows_and_groups():
     assert len(ax.get_yticks()) == 4 and "Spearman" in ax.get_xlabel()
     assert len(ax.containers) == 8  # 4 pairs x 2 groups, one errorbar each
     plt.close(fig)
+
+
+def test_plot_seed_changes_draws_one_panel_per_pair_with_a_point_per_seed_and_a_mean_per_arm():
+    table = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2,
+                          "dx": [-1.0, -0.8, -0.9, 0.0, 0.1, -0.1], "dy": [-2.0, -1.5, -1.8, -0.5, -0.4, -0.6]})
+    iv = stats.seed_intervals(table, ["dx", "dy"])
+    fig = figures.plot_seed_changes(table, iv, pairs=[("dx", "dy"), ("dy", "dx")], labels={"dx": "change x"})
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 and axes[0].get_xlabel() == "change x" and axes[0].get_ylabel() == "dy"
+    seed_points = [ln for ln in axes[0].lines if ln.get_linestyle() == "None" and len(ln.get_xdata()) == 3]
+    assert len(seed_points) == 2
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "b"]
+    plt.close(fig)

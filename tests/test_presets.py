@@ -62,3 +62,30 @@ def test_a_preset_is_named_or_given_as_a_built_dict():
     assert custom["name"] == "custom" and custom["grid"] == {}
     with pytest.raises(ValueError, match="preset dict is missing the 'train' section"):
         preset_spec({"datasets": {}, "architectures": {}})
+
+
+def test_late_phase_grid_has_every_arm_for_every_seed_on_the_mlp3():
+    from flatcomp_tutorial.presets import LATE_PHASE_ARMS, late_phase_grid
+
+    grid = late_phase_grid()
+    assert len(grid) == len(LATE_PHASE_ARMS) * 5 and {p["arch"] for p in grid} == {"mlp3"}
+    assert sorted(p["seed"] for p in grid if p.get("label_noise")) == [0, 1, 2, 3, 4]
+
+
+def test_every_late_phase_run_is_recognised_as_its_arm():
+    from flatcomp_tutorial.presets import late_phase_arm, late_phase_grid, late_phase_spec
+
+    spec = late_phase_spec(100)
+    for arm in ("label noise", "plain SGD", "SAM", "large eta/B", "teacher-student"):
+        cfg = resolve_config(late_phase_grid([arm], seeds=[3])[0], spec)
+        assert late_phase_arm(cfg) == arm
+    assert cfg["train"]["late_track_every"] == 10 and cfg["data"]["n_train"] == 64
+
+
+def test_late_phase_grid_and_spec_refuse_unknown_arms_and_too_short_late_phases():
+    from flatcomp_tutorial.presets import late_phase_grid, late_phase_spec
+
+    with pytest.raises(ValueError, match="not late-phase arms"):
+        late_phase_grid(["adam"])
+    with pytest.raises(ValueError, match="late_steps must be an integer >= 10"):
+        late_phase_spec(5)

@@ -239,3 +239,84 @@ def test_partial_correlation_needs_more_rows_than_controls_plus_two():
     with pytest.warns(UserWarning, match=r"too few usable rows .* at least 4"):
         out = partial_correlations(_confounded(n=3), ["x"], ["y"], "z", n_boot=0)
     assert out.r.isna().all()
+
+
+# --- the late phase across seeds: per-run changes, trends and correlations, seed-level intervals ---
+
+from flatcomp_tutorial.stats import late_changes, late_correlations, late_phase_table, late_trend, seed_intervals
+
+
+def late_history():
+    """One early and five late checkpoints, 10 steps apart (late phase: steps 10..50)."""
+    step = np.arange(0, 60, 10)
+    return pd.DataFrame(dict(step=step, phase=["early"] + ["late"] * 5, train_loss=np.exp(-0.1 * step),
+                             trace_g=[9.0, 8.0, 4.0, 2.0, 1.0, 0.5], mean_mls=[1.0, 0.5, 0.4, 0.2, 0.25, 0.25],
+                             mean_log_lvr=[0.0, -1.0, -2.0, -3.0, -3.5, -4.0]))
+
+
+def test_late_changes_are_log_ratios_of_scales_and_differences_of_logs_from_the_late_start():
+    d = late_changes(late_history(), ["trace_g", "mean_mls", "mean_log_lvr"])
+    assert d["trace_g"] == pytest.approx(np.log(0.5 / 8))
+    assert d["mean_mls"] == pytest.approx(np.log(0.25 / 0.5))
+    assert d["mean_log_lvr"] == pytest.approx(-3.0)
+
+
+def test_late_changes_from_half_way_start_at_the_first_checkpoint_of_the_second_half():
+    d = late_changes(late_history(), ["trace_g", "mean_log_lvr"], start_fraction=0.5)  # steps >= 30: 30 -> 50
+    assert d["trace_g"] == pytest.approx(np.log(0.5 / 2)) and d["mean_log_lvr"] == pytest.approx(-1.0)
+
+
+def test_late_trend_is_the_fitted_slope_of_the_log_times_the_window_length():
+    assert late_trend(late_history())["train_loss"] == pytest.approx(-0.1 * 40)
+
+
+def test_late_trend_fits_every_checkpoint_not_only_the_end_points():
+    h = late_history().assign(train_loss=[1.0, 1.0, 2.0, 0.5, 2.0, 4.0])
+    fitted = np.polyfit([10, 20, 30, 40, 50], np.log([1, 2, 0.5, 2, 4]), 1)[0] * 40
+    assert late_trend(h)["train_loss"] == pytest.approx(fitted)
+    assert abs(late_trend(h)["train_loss"]) < late_changes(h, ["train_loss"])["train_loss"]
+
+
+def test_late_correlations_give_spearman_and_the_rank_partial_given_the_loss():
+    h = pd.DataFrame(dict(step=range(6), phase=["late"] * 6, trace_g=[1, 2, 3, 4, 5, 6.0],
+                          mean_mls=[2, 1, 4, 3, 6, 5.0], train_loss=[1, 3, 2, 5, 4, 6.0]))
+    c = late_correlations(h, y=["mean_mls"])
+    rxy, rxz, ryz = 1 - 6 * 6 / (6 * 35), 1 - 6 * 4 / (6 * 35), 1 - 6 * 18 / (6 * 35)  # 1 - 6 Σd² / (n(n²-1))
+    assert c["r:trace_g:mean_mls"] == pytest.approx(rxy)
+    assert c["partial:trace_g:mean_mls"] == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz**2) * (1 - ryz**2)))
+
+
+def test_seed_intervals_are_student_t_intervals_over_seeds_per_group():
+    t = pd.DataFrame(dict(arm=["a", "a", "a", "b", "b", "b"], x=[1.0, 2.0, 3.0, 5.0, 5.0, 5.0]))
+    s = seed_intervals(t, ["x"]).set_index("arm")
+    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t_{0.975, 2} · s / sqrt(n), s = 1
+    assert s.loc["a", "mean"] == 2.0 and s.loc["a", "n"] == 3
+    assert (s.loc["a", "ci_low"], s.loc["a", "ci_high"]) == pytest.approx((2 - half, 2 + half))
+    assert s.loc["b", "ci_low"] == s.loc["b", "ci_high"] == 5.0
+
+
+@pytest.mark.parametrize("table, columns, match", [
+    (pd.DataFrame(dict(arm=["a", "a", "b", "b", "b"], x=[1.0] * 5)), ["x"], r"fewer than min_seeds=3"),
+    (pd.DataFrame(dict(arm=["a"] * 3, x=[1.0] * 3)), ["x", "y"], r"no column\(s\) \['y'\]"),
+])
+def test_seed_intervals_refuse_too_few_seeds_and_missing_columns(table, columns, match):
+    with pytest.raises(ValueError, match=match):
+        seed_intervals(table, columns)
+
+
+def test_late_changes_refuse_a_history_without_a_late_phase_or_without_the_measure():
+    with pytest.raises(ValueError, match="late-phase checkpoint"):
+        late_changes(late_history().assign(phase="early"), ["trace_g"])
+    with pytest.raises(ValueError, match=r"no column\(s\) \['trace_h'\]"):
+        late_changes(late_history(), ["trace_h"])
+
+
+def test_late_phase_table_gives_one_row_per_run_and_refuses_diverged_runs():
+    runs = pd.DataFrame(dict(arm=["a", "a"], seed=[0, 1], diverged=[False, False],
+                             history=[late_history().to_dict("records")] * 2))
+    t = late_phase_table(runs, measures=["train_loss", "trace_g", "mean_mls"])
+    assert list(t.seed) == [0, 1] and t["d:trace_g"].iloc[0] == pytest.approx(np.log(0.5 / 8))
+    assert t["d2:trace_g"].iloc[0] == pytest.approx(np.log(0.5 / 2))
+    assert t["trend:train_loss"].iloc[0] == pytest.approx(-4.0)
+    with pytest.raises(ValueError, match="diverged"):
+        late_phase_table(runs.assign(diverged=[False, True]), measures=["train_loss", "trace_g", "mean_mls"])

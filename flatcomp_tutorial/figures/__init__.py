@@ -17,8 +17,8 @@ from .dynamics import (plot_edge_of_stability, plot_lr_batch_grid, plot_measure_
                        plot_sharpness_vs_compression, plot_weight_scaling)
 from .foundations import (plot_ball_convergence, plot_history, plot_layer_profiles, plot_local_ellipse,
                           plot_measure_histograms, plot_spectral_density, plot_trace_convergence, show_images)
-from .reproduction import (plot_correlations, plot_late_phase, plot_sweep_scatter, plot_train_test_sharpness,
-                           plot_train_vs_test, plot_vs_lr_over_batch)
+from .reproduction import (plot_correlations, plot_late_phase, plot_seed_changes, plot_sweep_scatter,
+                           plot_train_test_sharpness, plot_train_vs_test, plot_vs_lr_over_batch)
 
 __all__ = [
     "plot_history", "show_images", "plot_trace_convergence", "plot_spectral_density", "plot_local_ellipse",
@@ -27,6 +27,6 @@ __all__ = [
     "plot_weight_scaling", "plot_sharpness_vs_compression",
     "plot_b4_steps", "plot_amgm", "plot_bound_sides", "plot_slack_by_network", "plot_rescaling", "plot_rescaling_explorer",
     "plot_late_phase", "plot_train_test_sharpness", "plot_correlations", "plot_sweep_scatter", "plot_vs_lr_over_batch",
-    "plot_train_vs_test",
+    "plot_train_vs_test", "plot_seed_changes",
     "plot_group_bars", "plot_group_scatter", "plot_radii", "plot_headline", "plot_radius_scatter",
 ]

@@ -176,3 +176,35 @@ def plot_train_vs_test(results: pd.DataFrame, train: str = "trace_h", test: str 
     plain_log_ticks(ax.xaxis)
     plain_log_ticks(ax.yaxis)
     return finish(fig, ax, title, legend={"fontsize": SMALL_FONTSIZE})
+
+
+def plot_seed_changes(table: pd.DataFrame, intervals: pd.DataFrame, pairs=(("d:trace_g", "d:mean_mls"),),
+                      group: str = "arm", labels: dict | None = None, axes=None, title: str | None = None):
+    """Per-run late-phase changes across seeds: one panel per ``(x, y)`` pair of columns of ``table`` (one row
+    per run, :func:`~flatcomp_tutorial.stats.late_phase_table`; at most two panels per row), one small point per
+    seed and, per value of ``group``, its mean with the across-seed interval in both directions (bars from
+    ``ci_low`` to ``ci_high`` of ``intervals``, :func:`~flatcomp_tutorial.stats.seed_intervals`). Dotted lines
+    mark zero change. Axis labels: ``labels[column]``, else the column name."""
+    pairs = list(pairs)
+    ncols = min(2, len(pairs))
+    nrows = -(-len(pairs) // ncols)
+    fig, grid = grid_axes(axes, nrows, ncols, width=4.6, height=3.8)
+    panels = list(np.ravel(grid))
+    names = labels or {}
+    groups = list(dict.fromkeys(table[group]))
+    iv = intervals.set_index([group, "measure"])
+    for ax, (x, y) in zip(panels, pairs):
+        for k, g in enumerate(groups):
+            rows = table[table[group] == g]
+            ax.plot(rows[x], rows[y], "o", color=f"C{k}", ms=3.5, alpha=0.45)
+            cx, cy = iv.loc[(g, x)], iv.loc[(g, y)]
+            ax.errorbar(cx["mean"], cy["mean"], fmt="s", color=f"C{k}", ms=6, capsize=3, label=str(g),
+                        xerr=[[cx["mean"] - cx["ci_low"]], [cx["ci_high"] - cx["mean"]]],
+                        yerr=[[cy["mean"] - cy["ci_low"]], [cy["ci_high"] - cy["mean"]]])
+        ax.axhline(0, color="grey", ls=":", lw=1)
+        ax.axvline(0, color="grey", ls=":", lw=1)
+        ax.set(xlabel=names.get(x, x), ylabel=names.get(y, y))
+    for ax in panels[len(pairs):]:
+        ax.set_visible(False)
+    return finish(fig, grid if len(panels) > 1 else panels[0], title,
+                  legend={"fontsize": SMALL_FONTSIZE, "title": group})
