@@ -10,7 +10,7 @@ import flatcomp_tutorial as fc
 from flatcomp_tutorial.presets import LATE_PHASE_ARMS, late_phase_arm, late_phase_grid, late_phase_spec, resolve_config
 from flatcomp_tutorial.sweeps import run_config
 
-STORE = fc.store.results_dir() / "cpu_late_phase.jsonl"
+STORE = fc.store.shipped_store("cpu_late_phase.jsonl")
 # Plain SGD (no label noise, no SAM) at lr 0.1, B 16: a cheap arm (about 6 s here) whose float32 run is not chaotic:
 # other CPU kernels (ATEN_CPU_CAPABILITY=default) change the last bits of each step, and those differences stay small.
 RECOMPUTED = ("plain SGD", 0)
