@@ -101,6 +101,40 @@ def replace_widget_views(document) -> int:
     return len(bundles)
 
 
+def split_captioned_widget_cells(nb: dict) -> int:
+    """Move the widget-view outputs of every captioned figure cell (cell metadata ``mystnb.figure``) of notebook
+    ``nb`` (nbformat JSON as a dict, changed in place) into a new input-less code cell right after it; return how many
+    cells were split. myst-nb wraps *each* display output of a captioned cell in a figure with the cell's name, so
+    without this the sliders of :func:`explorer` would be a second figure with the same name (a duplicate target
+    that breaks ``{numref}``); moved, they become :func:`html_note` below the numbered static figure."""
+    cells, split = [], 0
+    for cell in nb.get("cells", []):
+        cells.append(cell)
+        outputs = cell.get("outputs", [])
+        views = [o for o in outputs if WIDGET_VIEW in o.get("data", {})]
+        if "figure" not in cell.get("metadata", {}).get("mystnb", {}) or not views or len(views) == len(outputs):
+            continue
+        cell["outputs"] = [o for o in outputs if WIDGET_VIEW not in o.get("data", {})]
+        cells.append({"cell_type": "code", "execution_count": None, "id": f"{cell.get('id', 'cell')}-sliders"[-64:],
+                      "metadata": {"tags": ["remove-input"]}, "outputs": views,
+                      "source": "# the sliders of the explorer above (myst-nb skips a cell without source)"})
+        split += 1
+    nb["cells"] = cells
+    return split
+
+
+def _split_widget_cells(app, docname: str, source: list) -> None:
+    """Sphinx ``source-read``: :func:`split_captioned_widget_cells` on each notebook's text before myst-nb parses it
+    (the notebook files are not changed)."""
+    import json
+
+    if not str(app.env.doc2path(docname)).endswith(".ipynb"):
+        return
+    nb = json.loads(source[0])
+    if split_captioned_widget_cells(nb):
+        source[0] = json.dumps(nb, ensure_ascii=False)
+
+
 def _drop_widget_state(app, doctree) -> None:
     """No widget view reaches the page, so the widget state myst-nb would embed in it (tens of kB of JSON) is unused."""
     docs = getattr(app.env, "nb_metadata", None) or {}
@@ -118,5 +152,6 @@ def setup(app):
             replace_widget_views(self.document)
 
     app.add_post_transform(WidgetViewsToNote)
+    app.connect("source-read", _split_widget_cells)
     app.connect("doctree-read", _drop_widget_state)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
