@@ -58,6 +58,12 @@ def test_chapter_installs_the_package_only_when_it_is_missing(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_install_cell_is_collapsed_in_the_html_and_prints_nothing_there(path):
+    tags = code_cells(path)[0].metadata.get("tags", [])
+    assert "hide-input" in tags and "remove-output" in tags
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_has_a_parameters_cell_with_seed_and_threads(path):
     tagged = [c for c in code_cells(path) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1

@@ -51,11 +51,12 @@ FIGURES = [
     Figure("intro", "fc.figures.show_images(digits.x_train", "fig-intro-digits",
            "The first 16 training images of scikit-learn's 8×8 digits, each titled with its label. Pixels are "
            "standardised over the training set: dark means above the pixel's mean."),
-    Figure("intro", "fig = fc.figures.plot_headline(", "fig-intro-headline",
-           "One label-noise SGD run of the tanh MLP on digits 3 vs 8 (MSE loss), measured on fixed training inputs "
-           "in eval mode. Left: the exact Tr G and the mean MLS against the SGD step, each divided by its value at "
-           "the first late-phase checkpoint (dotted line: start of the late phase). Right: mean MLS against Tr G "
-           "over the late-phase checkpoints, coloured by step."),
+    Figure("intro", "fig = fc.figures.plot_seed_changes(", "fig-intro-headline",
+           "The late phase across seeds: five arms of five seeds each (tanh MLP 64×3, MSE): label-noise SGD, plain "
+           "SGD, SAM and plain SGD with a large η/B on digits 3 vs 8, and plain SGD on a teacher-student task it "
+           "interpolates. Small points: seeds; squares: arm means with their 95 % t-intervals over seeds in both "
+           "directions. Left: change of log MLS against change of log Tr G over the late phase. Right: change of "
+           "log MLS against the trend of log training loss, both over the second half of the late phase."),
     # first_network
     Figure("first_network", "fig = fc.figures.plot_history(result.history", "fig-first-network-history",
            "Training curves of the MLP trained by SGD with the learning rate and batch size of the `parameters` "
@@ -180,6 +181,16 @@ FIGURES = [
            "A trained bias-free ReLU MLP with every weight matrix multiplied by c (so f → c^L f): Tr G, mean MLS², "
            "geometric-mean LVR, NMLS and mean D_loc on all training images (float64), each divided by its value at "
            "c = 1, on log–log axes. A scale-invariant quantity lies on y = 1."),
+    Figure("late_phase", "fig = fc.figures.plot_seed_changes(", "fig-late-phase-seeds",
+           "The five arms of Table 1, five seeds each. Small points: seeds; squares: arm means with their 95 % "
+           "t-intervals over seeds in both directions. Left: change of log MLS against change of log Tr G over the "
+           "whole late phase. Right: change of log MLS against the trend of log training loss over the second half "
+           "of the late phase; arms left of the vertical line compress while their loss is still falling."),
+    Figure("beyond", "fig = fc.figures.plot_bound_sides(", "fig-beyond-bound-sides",
+           "Left side against right side of B2 (left panel) and B6 (right panel) for every MSE run of this "
+           "chapter, log–log: each run is a thin line through its late-phase checkpoints, ending in a dot at the "
+           "last one, coloured by training method. Dashed: LHS = RHS, where the bound would be tight; every point "
+           "lies below it."),
     Figure("local_dim", "fig = fc.figures.plot_measure_trajectories(", "fig-local-dim-late-phase",
            "Exact Tr G (log axis), mean MLS, mean log LVR and mean local dimensionality D_loc on all training "
            "images against the SGD step, for plain SGD and label-noise SGD from the same initialisation. Dotted "
@@ -217,9 +228,8 @@ REFERENCES = [
     # intro
     Reference("intro", "A glance at the default data", "A glance at the default data:",
               "A glance at the default data ({numref}`fig-intro-digits`):"),
-    Reference("intro", "stays near the threshold (within a factor 10 either",
-              "Over the late phase the training loss",
-              "Over the late phase ({numref}`fig-intro-headline`) the training loss"),
+    Reference("intro", "is the **label-noise arm**", "The result is the **label-noise arm**",
+              "The result ({numref}`fig-intro-headline`) is the **label-noise arm**"),
     # first_network
     Reference("first_network", "saturates: the network is approaching the *interpolation* regime",
               "The training loss keeps falling (in the second half of training too)",
@@ -292,9 +302,13 @@ REFERENCES = [
     Reference("local_dim", "The fitted exponents match the predicted powers",
               "constant to every printed digit:",
               "constant to every printed digit ({numref}`fig-local-dim-scaling`):"),
-    Reference("local_dim", "The late phase behaves as the paper describes",
-              "The late phase behaves as the paper describes.",
-              "The late phase behaves as the paper describes ({numref}`fig-local-dim-late-phase`)."),
+    Reference("late_phase", "What the five arms show, with", "(Table 1, Table 2, figure):",
+              "(Table 1, Table 2, {numref}`fig-late-phase-seeds`):"),
+    Reference("beyond", "Here the two sides move together, but nothing forces them to.",
+              "but nothing forces them to.**", "but nothing forces them to.** ({numref}`fig-beyond-bound-sides`)"),
+    Reference("local_dim", "under label noise the trace of the curvature falls several-fold",
+              "In these two runs (one seed each),",
+              "In these two runs (one seed each; {numref}`fig-local-dim-late-phase`),"),
     Reference("local_dim", "MLS tracks $\\Tr G$ almost perfectly", "Across the grid MLS",
               "Across the grid ({numref}`fig-local-dim-grid`) MLS"),
     # beyond

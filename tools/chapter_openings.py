@@ -86,7 +86,8 @@ OBJECTIVES: dict[str, list[str]] = {
         "why autocorrelated checkpoints make them optimistic",
         "read correlations together with the sizes of the changes, and the exact $\\Tr G$ where $\\Tr H$ carries "
         "a fluctuating residual $\\Tr R$",
-        "compare sharpness on test data with sharpness on training data",
+        "summarise the late phase over five seeds per arm with t-intervals over seeds (`fc.stats.seed_intervals`), "
+        "and separate compression at a settled loss from compression while the loss still falls",
     ],
     "sweep": [
         "run and resume a learning-rate × batch-size sweep at matched training loss with `fc.sweep` and a "
@@ -103,14 +104,15 @@ OBJECTIVES: dict[str, list[str]] = {
         "MLS, LVR and NMLS",
         "follow $D_{\\mathrm{loc}}$ through the late phase with and without label noise",
         "read a correlation of $D_{\\mathrm{loc}}$ with $\\Tr G$ across $\\eta$ and $B$ as a shared dependence on "
-        "$\\eta/B$, not a bound",
+        "$\\eta/B$, not a bound, for the output and for the hidden representations",
     ],
     "beyond": [
         "explain how large $\\eta/B$, label noise and SAM lower $\\Tr G$, and measure the compression each buys "
         "through the slack of B2",
-        "derive the first-order robustness radius $m/(\\sqrt2\\,\\mathrm{MLS})$ and measure empirical radii with "
-        "PGD and a gradient-free segment search (`fc.robustness`)",
-        "recognise gradient masking, where PGD overstates the robustness of flat networks",
+        "compare both sides of B2 and B6 across runs and along training, and say why an upper bound is not a "
+        "correlation",
+        "derive the first-order robustness radius $m/(\\sqrt2\\,\\mathrm{MLS})$, measure empirical radii with "
+        "PGD and a gradient-free segment search (`fc.robustness`), and recognise gradient masking",
         "judge whether sharpness or compression predicts the generalisation gap, and what reparametrisation "
         "has to do with it",
         "explain why under cross-entropy only the Gauss–Newton trace, not the Hessian, bounds compression",
