@@ -140,3 +140,11 @@ def test_papermill_style_width_override_survives_paper_scale(fake_fashion_cache)
     """The referee's example: ``-p width 16 -p scale paper`` used to end with width 512."""
     ns = run_setup(BOOK / "bounds.ipynb", "paper", width=16)
     assert ns["width"] == 16 and ns["epochs"] == 100
+
+
+@pytest.mark.parametrize("path", SWITCHED, ids=lambda p: p.stem)
+def test_paper_scale_on_a_cpu_warns_with_the_estimated_time_before_loading_data(path, fake_fashion_cache):
+    setup = _cells(path)[1]
+    assert setup.find("fc.runtime.check_scale(scale, device, runs=") < setup.find('if scale == "paper"')
+    with pytest.warns(RuntimeWarning, match=r"scale='paper' on a CPU: this chapter trains \d+ paper-scale run"):
+        run_setup(path, "paper")
