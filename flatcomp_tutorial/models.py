@@ -18,6 +18,7 @@ layers; for CNN and ViT the book tests correlations, not bounds, because their w
 from __future__ import annotations
 
 import math
+import threading
 from typing import Sequence
 
 import torch
@@ -190,18 +191,24 @@ def vit(input_shape: Sequence[int], n_out: int, patch: int = 4, dim: int = 32, d
     return ViT(input_shape, n_out, patch, dim, depth, heads, mlp_ratio, pool, activation)
 
 
+_SEEDED_BUILD = threading.Lock()
+
+
 def make_model(kind: str, input_shape: Sequence[int], n_out: int, seed: int = 0, dtype: torch.dtype | None = None,
                **options) -> nn.Module:
     """Build a model of ``kind`` (``"mlp"``, ``"lenet"``, ``"vgg"``, ``"vit"``) with weights drawn from ``seed``.
 
-    The same ``(kind, input_shape, n_out, options, seed)`` always gives the same weights.
+    The same ``(kind, input_shape, n_out, options, seed)`` always gives the same weights, also when models are built
+    in several threads at once.
     """
     builders = {"mlp": mlp, "lenet": lenet, "vgg": vgg, "vit": vit}
     if kind not in builders:
         raise ValueError(f"kind must be one of {list(builders)}, got {kind!r}")
     if n_out < 1:
         raise ValueError(f"n_out must be >= 1, got {n_out}")
-    with torch.random.fork_rng(devices=[]):
+    # torch's default generator is global: the lock keeps builds in other threads (a thread-pool sweep) from drawing
+    # from it between the seeding and the initialisation
+    with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = builders[kind](tuple(input_shape), n_out, **options)
     if dtype is not None:

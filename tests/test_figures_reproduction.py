@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from flatcomp_tutorial import figures, stats  # noqa: E402
+from flatcomp_tutorial import figures, late, stats  # noqa: E402
 from flatcomp_tutorial.measures import label  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def test_plot_correlations_rows_and_groups():
 def test_plot_seed_changes_draws_one_panel_per_pair_with_a_point_per_seed_and_a_mean_per_arm():
     table = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2,
                           "dx": [-1.0, -0.8, -0.9, 0.0, 0.1, -0.1], "dy": [-2.0, -1.5, -1.8, -0.5, -0.4, -0.6]})
-    iv = stats.seed_intervals(table, ["dx", "dy"])
+    iv = late.seed_intervals(table, ["dx", "dy"])
     fig = figures.plot_seed_changes(table, iv, pairs=[("dx", "dy"), ("dy", "dx")], labels={"dx": "change x"})
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2 and axes[0].get_xlabel() == "change x" and axes[0].get_ylabel() == "dy"

@@ -106,3 +106,17 @@ def test_bad_options_raise_value_errors_naming_the_option(kind, options, match):
 def test_image_models_reject_vector_inputs(kind):
     with pytest.raises(ValueError, match=f"{kind} needs image inputs"):
         fc.make_model(kind, (64,), 2)
+
+
+def test_models_built_in_several_threads_at_once_get_the_weights_of_their_seed():
+    """A thread-pool sweep builds models concurrently; torch's default generator is shared by the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(seed):
+        return fc.make_model("mlp", (1, 8, 8), 10, width=256, depth=3, seed=seed)
+
+    want = {s: torch.cat([p.detach().flatten() for p in build(s).parameters()]) for s in range(4)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        built = list(pool.map(build, [s for _ in range(10) for s in range(4)]))
+    for i, model in enumerate(built):
+        assert torch.equal(torch.cat([p.detach().flatten() for p in model.parameters()]), want[i % 4])

@@ -243,7 +243,7 @@ def test_partial_correlation_needs_more_rows_than_controls_plus_two():
 
 # --- the late phase across seeds: per-run changes, trends and correlations, seed-level intervals ---
 
-from flatcomp_tutorial.stats import late_changes, late_correlations, late_phase_table, late_trend, seed_intervals
+from flatcomp_tutorial.late import late_changes, late_correlations, late_phase_table, late_trend, seed_intervals
 
 
 def late_history():

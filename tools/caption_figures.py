@@ -191,6 +191,9 @@ FIGURES = [
            "chapter, log–log: each run is a thin line through its late-phase checkpoints, ending in a dot at the "
            "last one, coloured by training method. Dashed: LHS = RHS, where the bound would be tight; every point "
            "lies below it."),
+    Figure("execution", "fig = fc.figures.plot_run_times(", "fig-execution-run-times",
+           "Wall time of each page's last run by `make execute`, in seconds, in book order from the top; dashed: "
+           "the budget of 3 minutes per chapter. The table above gives the machine, threads and load of each run."),
     Figure("local_dim", "fig = fc.figures.plot_measure_trajectories(", "fig-local-dim-late-phase",
            "Exact Tr G (log axis), mean MLS, mean log LVR and mean local dimensionality D_loc on all training "
            "images against the SGD step, for plain SGD and label-noise SGD from the same initialisation. Dotted "
@@ -302,6 +305,8 @@ REFERENCES = [
     Reference("local_dim", "The fitted exponents match the predicted powers",
               "constant to every printed digit:",
               "constant to every printed digit ({numref}`fig-local-dim-scaling`):"),
+    Reference("execution", "The whole book took", "The whole book took",
+              "{numref}`fig-execution-run-times` shows the same times. The whole book took"),
     Reference("late_phase", "What the five arms show, with", "(Table 1, Table 2, figure):",
               "(Table 1, Table 2, {numref}`fig-late-phase-seeds`):"),
     Reference("beyond", "Here the two sides move together, but nothing forces them to.",

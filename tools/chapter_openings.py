@@ -86,7 +86,7 @@ OBJECTIVES: dict[str, list[str]] = {
         "why autocorrelated checkpoints make them optimistic",
         "read correlations together with the sizes of the changes, and the exact $\\Tr G$ where $\\Tr H$ carries "
         "a fluctuating residual $\\Tr R$",
-        "summarise the late phase over five seeds per arm with t-intervals over seeds (`fc.stats.seed_intervals`), "
+        "summarise the late phase over five seeds per arm with t-intervals over seeds (`fc.late.seed_intervals`), "
         "and separate compression at a settled loss from compression while the loss still falls",
     ],
     "sweep": [

@@ -6,10 +6,11 @@ Modules, one group of chapters each: ``_style`` (shared axes, grid/legend/title 
 ``foundations`` ("A first network", "Measuring sharpness", "Measuring compression"), ``dynamics`` ("Why SGD finds
 flat minima", "Local dimensionality is not controlled by sharpness"), ``bounds`` (the bounds chapters and the
 rescaling experiment), ``reproduction`` (the two reproduction chapters), ``beyond`` ("Beyond the paper" and the
-introduction's headline figure). Every drawing function is re-exported here: ``fc.figures.plot_history(...)``.
+introduction's headline figure), ``appendix`` (the execution statistics). Every drawing function is re-exported here: ``fc.figures.plot_history(...)``.
 """
 from __future__ import annotations
 
+from .appendix import plot_run_times
 from .beyond import plot_group_bars, plot_group_scatter, plot_headline, plot_radii, plot_radius_scatter
 from .bounds import (plot_amgm, plot_b4_steps, plot_bound_sides, plot_rescaling, plot_rescaling_explorer,
                      plot_slack_by_network)
@@ -29,4 +30,5 @@ __all__ = [
     "plot_late_phase", "plot_train_test_sharpness", "plot_correlations", "plot_sweep_scatter", "plot_vs_lr_over_batch",
     "plot_train_vs_test", "plot_seed_changes",
     "plot_group_bars", "plot_group_scatter", "plot_radii", "plot_headline", "plot_radius_scatter",
+    "plot_run_times",
 ]

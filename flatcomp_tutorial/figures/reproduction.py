@@ -181,9 +181,9 @@ def plot_train_vs_test(results: pd.DataFrame, train: str = "trace_h", test: str 
 def plot_seed_changes(table: pd.DataFrame, intervals: pd.DataFrame, pairs=(("d:trace_g", "d:mean_mls"),),
                       group: str = "arm", labels: dict | None = None, axes=None, title: str | None = None):
     """Per-run late-phase changes across seeds: one panel per ``(x, y)`` pair of columns of ``table`` (one row
-    per run, :func:`~flatcomp_tutorial.stats.late_phase_table`; at most two panels per row), one small point per
+    per run, :func:`~flatcomp_tutorial.late.late_phase_table`; at most two panels per row), one small point per
     seed and, per value of ``group``, its mean with the across-seed interval in both directions (bars from
-    ``ci_low`` to ``ci_high`` of ``intervals``, :func:`~flatcomp_tutorial.stats.seed_intervals`). Dotted lines
+    ``ci_low`` to ``ci_high`` of ``intervals``, :func:`~flatcomp_tutorial.late.seed_intervals`). Dotted lines
     mark zero change. Axis labels: ``labels[column]``, else the column name."""
     pairs = list(pairs)
     ncols = min(2, len(pairs))
