@@ -130,5 +130,5 @@ def test_plot_seed_changes_draws_one_panel_per_pair_with_a_point_per_seed_and_a_
     assert len(axes) == 2 and axes[0].get_xlabel() == "change x" and axes[0].get_ylabel() == "dy"
     seed_points = [ln for ln in axes[0].lines if ln.get_linestyle() == "None" and len(ln.get_xdata()) == 3]
     assert len(seed_points) == 2
-    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "b"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b"] and axes[0].get_legend() is None
     plt.close(fig)

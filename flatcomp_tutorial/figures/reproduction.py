@@ -206,5 +206,8 @@ def plot_seed_changes(table: pd.DataFrame, intervals: pd.DataFrame, pairs=(("d:t
         ax.set(xlabel=names.get(x, x), ylabel=names.get(y, y))
     for ax in panels[len(pairs):]:
         ax.set_visible(False)
-    return finish(fig, grid if len(panels) > 1 else panels[0], title,
-                  legend={"fontsize": SMALL_FONTSIZE, "title": group})
+    # one legend for all panels, below them, so that it never hides an arm's points
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=SMALL_FONTSIZE,
+               title=group)
+    return finish(fig, grid if len(panels) > 1 else panels[0], title)
