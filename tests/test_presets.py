@@ -89,3 +89,33 @@ def test_late_phase_grid_and_spec_refuse_unknown_arms_and_too_short_late_phases(
         late_phase_grid(["adam"])
     with pytest.raises(ValueError, match="late_steps must be an integer >= 10"):
         late_phase_spec(5)
+
+
+def test_generalisation_grid_is_every_lr_batch_size_and_seed_on_the_10_class_mlp():
+    from flatcomp_tutorial.presets import GENERALISATION_GRID, generalisation_grid
+
+    grid = generalisation_grid()
+    g = GENERALISATION_GRID
+    assert len(grid) == len(g["lr"]) * len(g["batch_size"]) * len(g["seed"]) >= 12
+    assert {p["arch"] for p in grid} == {"mlp10"}
+    assert {(p["lr"], p["batch_size"], p["seed"]) for p in grid} == {
+        (lr, b, s) for lr in g["lr"] for b in g["batch_size"] for s in g["seed"]}
+
+
+def test_generalisation_spec_resolves_to_all_ten_digit_classes_stopped_at_the_matched_loss():
+    from flatcomp_tutorial.presets import generalisation_grid, generalisation_spec
+
+    cfg = resolve_config(generalisation_grid(seeds=[3])[0], generalisation_spec(5e-3))
+    assert cfg["dataset"] == "digits10" and cfg["data"] == {"name": "digits"}   # no classes: all ten
+    assert cfg["model"] == dict(kind="mlp", width=64, depth=2, activation="tanh")
+    assert cfg["train"]["late_phase_threshold"] == 5e-3 and cfg["train"]["late_phase_steps"] == 0
+    assert cfg["train"]["loss"] == "mse" and cfg["train"]["seed"] == 3
+
+
+def test_generalisation_spec_and_grid_refuse_a_bad_threshold_or_seeds():
+    from flatcomp_tutorial.presets import generalisation_grid, generalisation_spec
+
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+        generalisation_spec(0)
+    with pytest.raises(ValueError, match="seeds must be a non-empty list of integers"):
+        generalisation_grid(seeds=[])

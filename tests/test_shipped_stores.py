@@ -11,7 +11,7 @@ import pytest
 import flatcomp_tutorial as fc
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ("cpu_sweep.jsonl", "cpu_arch.jsonl", "cpu_late_phase.jsonl")
+SHIPPED = ("cpu_sweep.jsonl", "cpu_arch.jsonl", "cpu_late_phase.jsonl", "cpu_generalisation.jsonl")
 
 
 def keys(path):

@@ -221,6 +221,10 @@ FIGURES = [
            "Generalisation gap (test − train ½-MSE loss, noise-free targets) and mean MLS against Tr H, one point "
            "per run: the stored learning-rate × batch-size sweep at matched training loss and this chapter's MSE "
            "runs at the end of their late phase (colour)."),
+    Figure("beyond", "fig = fc.figures.plot_group_scatter(gen10", "fig-beyond-gen10",
+           "Test error (on all 360 test images) and generalisation gap (test − train ½-MSE loss) against the exact "
+           "Tr G, one point per run of the 10-class digits store (tanh MLP 64 × 2, plain SGD, each run at its first "
+           "checkpoint with training loss below the matched-loss threshold); colour: learning rate."),
     Figure("beyond", "traj = {f\"{m}, seed {s}\": h", "fig-beyond-ce-trajectories",
            "Tr H of each run's own loss, the loss-independent Tr G = (1/n) Σ‖J_θ‖²_F and the mean MLS (log axes) "
            "against the SGD step, for an MSE (SGD) run and a cross-entropy run with the same optimiser and "
@@ -325,6 +329,8 @@ REFERENCES = [
               "({numref}`fig-beyond-radius-per-input`, seed 0)"),
     Reference("beyond", "At this scale both readings fit the data equally well",
               "fit the data equally well.**", "fit the data equally well** ({numref}`fig-beyond-generalisation`)."),
+    Reference("beyond", "With a real test error, neither reading predicts it", "neither reading predicts it**",
+              "neither reading predicts it** ({numref}`fig-beyond-gen10`)"),
     Reference("beyond", "Cross-entropy flatness is not compression.", "(figure, seed 0)",
               "({numref}`fig-beyond-ce-trajectories`, seed 0)"),
 ]
