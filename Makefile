@@ -11,7 +11,7 @@ export FLATCOMP_PROGRESS = 0
 export OMP_NUM_THREADS = $(THREADS)
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: install book execute html test unit bench sweep late-phase generalisation clean
+.PHONY: install book execute html test unit bench sweep late-phase generalisation beyond clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ late-phase: install
 # The 10-class generalisation store of chapter "Beyond the paper", section 3 (3 lr x 3 B x 3 seeds, resumable).
 generalisation: install
 	$(PY) -c "import flatcomp_tutorial as fc; from flatcomp_tutorial.presets import generalisation_grid, generalisation_spec; r = fc.sweep(generalisation_grid(), generalisation_spec(), store='data/results/cpu_generalisation.jsonl', device='cpu', threads=1, progress=True); print(f'{len(r.ran)} runs done, {len(r.skipped)} already in {r.store}, {len(r.failures)} failed')"
+
+# The runs of chapter "Beyond the paper" (6 training methods x 3 seeds, float64, with attacks; resumable).
+beyond: install
+	$(PY) -c "import flatcomp_tutorial as fc; from flatcomp_tutorial.presets import beyond_grid, beyond_spec; r = fc.sweep(beyond_grid(), beyond_spec(), store='data/results/cpu_beyond.jsonl', device='cpu', threads=1, progress=True); print(f'{len(r.ran)} runs done, {len(r.skipped)} already in {r.store}, {len(r.failures)} failed')"
 
 bench: install
 	$(PY) -m pip install --quiet --no-deps -r benchmarks/requirements.txt

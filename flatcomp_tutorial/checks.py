@@ -82,6 +82,16 @@ def check_real(value: Any, name: str, minimum: float = 0.0, strict: bool = True)
     return float(value)
 
 
+def float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """A floating torch dtype, given as one (``torch.float64``) or by name (``"float64"`` or ``"torch.float64"``:
+    the form a result store's configuration keeps); anything else is refused with a ValueError naming ``name``."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating torch dtype such as torch.float32 or 'float64', got {dtype!r}")
+    return dtype
+
+
 def check_batch_size(batch_size: Any) -> int | None:
     """``batch_size`` (samples processed at once): a positive integer (numpy integers too) or ``None`` (automatic
     chunks); booleans and fractions are refused."""

@@ -138,7 +138,10 @@ def _check_seed(seed: Any) -> int:
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:
-    """One of :data:`FLOAT_DTYPES`; an integer dtype would truncate the standardised inputs to integers."""
+    """One of :data:`FLOAT_DTYPES`, or its name (``"float64"``); an integer dtype would truncate the standardised
+    inputs to integers."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be a floating torch dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}"
                          "; integer dtypes would truncate the inputs")

@@ -74,6 +74,9 @@ def measure_descriptions(version: int = MEASURE_VERSION, probes: int | None = No
         "trace_g": "exact Tr G on the measurement subset (sharpness.gauss_newton_trace) -> trace_g and trace_g_W<l>, "
                    "Tr G_{W_l} of the weight block of dense layer l (1-based, layers.dense_layers order, "
                    "as in the bounds chapters)",
+        "trace_jtj": "(1/n) Σ_i ||J_θ f(x_i)||_F² on the measurement subset (sharpness.gauss_newton_trace with the "
+                     "MSE convention): the Gauss-Newton trace of the MSE loss whatever loss trains the model, so "
+                     "cross-entropy and MSE runs compare on one scale",
         "relative_flatness": "relative flatness κ_L of the LAST dense layer on the measurement subset "
                              "(sharpness.relative_flatness, exact, Hessian)",
         "adaptive_sharpness": f"adaptive sharpness Σ θ_j² H_jj on the measurement subset ({ad})"
@@ -241,6 +244,7 @@ def _named_measure(name: str, loss: str, probes: int | None, version: int = MEAS
         "trace_h": trace("x_train", "y_train", "trace_h"),
         "test_trace_h": trace("x_test", "y_test", "test_trace_h"),
         "trace_g": trace_g,
+        "trace_jtj": lambda model, m: sharpness.gauss_newton_trace(model, m.x_train),
         "relative_flatness": lambda model, m: sharpness.relative_flatness(model, m.x_train, m.y_train,
                                                                           layer=last_layer(model), loss=loss),
         "adaptive_sharpness": adaptive,

@@ -24,6 +24,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .checks import float_dtype
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus}
 KINDS = ("mlp", "lenet", "vgg", "vit")
 VGG_CFGS: dict[str, list] = {
@@ -194,9 +196,10 @@ def vit(input_shape: Sequence[int], n_out: int, patch: int = 4, dim: int = 32, d
 _SEEDED_BUILD = threading.Lock()
 
 
-def make_model(kind: str, input_shape: Sequence[int], n_out: int, seed: int = 0, dtype: torch.dtype | None = None,
-               **options) -> nn.Module:
-    """Build a model of ``kind`` (``"mlp"``, ``"lenet"``, ``"vgg"``, ``"vit"``) with weights drawn from ``seed``.
+def make_model(kind: str, input_shape: Sequence[int], n_out: int, seed: int = 0,
+               dtype: torch.dtype | str | None = None, **options) -> nn.Module:
+    """Build a model of ``kind`` (``"mlp"``, ``"lenet"``, ``"vgg"``, ``"vit"``) with weights drawn from ``seed``,
+    in ``dtype`` (a floating torch dtype or its name, ``"float64"``; None: torch's default).
 
     The same ``(kind, input_shape, n_out, options, seed)`` always gives the same weights, also when models are built
     in several threads at once.
@@ -206,6 +209,8 @@ def make_model(kind: str, input_shape: Sequence[int], n_out: int, seed: int = 0,
         raise ValueError(f"kind must be one of {list(builders)}, got {kind!r}")
     if n_out < 1:
         raise ValueError(f"n_out must be >= 1, got {n_out}")
+    if dtype is not None:
+        dtype = float_dtype(dtype)
     # torch's default generator is global: the lock keeps builds in other threads (a thread-pool sweep) from drawing
     # from it between the seeding and the initialisation
     with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):

@@ -17,7 +17,8 @@ from .measures import MEASURE_VERSION, SWEEP_MEASURES
 
 __all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS",
            "late_phase_spec", "late_phase_grid", "late_phase_arm", "GENERALISATION_GRID", "GENERALISATION_THRESHOLD",
-           "generalisation_spec", "generalisation_grid"]
+           "generalisation_spec", "generalisation_grid", "BEYOND_METHODS", "BEYOND_MEASURES", "beyond_spec",
+           "beyond_grid", "beyond_method"]
 
 _SWEEP_MEASURES = list(SWEEP_MEASURES)
 
@@ -123,8 +124,11 @@ def resolve_config(point: Mapping[str, Any], spec: Mapping) -> dict:
     train.setdefault("seed", 0)
     # in the key, so that a store's runs with other estimator settings (version 1 had none) are never reused
     train.setdefault("measure_version", MEASURE_VERSION)
-    return {"preset": spec.get("name", "custom"), "arch": arch, "dataset": dataset, "model": model, "data": data,
-            "train": train}
+    config = {"preset": spec.get("name", "custom"), "arch": arch, "dataset": dataset, "model": model, "data": data,
+              "train": train}
+    if spec.get("robustness"):   # attacks after training (sweeps.run_config); only then part of the key
+        config["robustness"] = dict(spec["robustness"])
+    return config
 
 
 def preset_spec(p: str | Mapping) -> dict:
@@ -237,3 +241,67 @@ def generalisation_grid(seeds: Sequence[int] | None = None) -> list[dict]:
         raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     return [{"arch": "mlp10", "lr": lr, "batch_size": b, "seed": int(s)}
             for lr in GENERALISATION_GRID["lr"] for b in GENERALISATION_GRID["batch_size"] for s in seeds]
+
+
+#: The training methods compared in chapter "Beyond the paper" (section "Flatter by design"): grid points without
+#: their seed. Everything else is shared (architecture, initialisations, loss threshold, K late steps).
+BEYOND_METHODS: dict[str, dict] = {
+    "SGD, small η/B": dict(lr=0.05, batch_size=16),
+    "SGD": dict(lr=0.1, batch_size=16),
+    "SGD, large η/B": dict(lr=0.2, batch_size=4),
+    "label noise": dict(lr=0.1, batch_size=16, label_noise=0.2),
+    "SAM": dict(lr=0.1, batch_size=16, sam_rho=0.05),
+    "cross-entropy": dict(lr=0.1, batch_size=16, loss="cross_entropy"),
+}
+#: Measures of those runs: Tr G and Tr H of each run's own loss, the local measures, B1-B8 with both sides, and
+#: (1/n) sum ||J_theta||_F^2 (``trace_jtj``, one scale for cross-entropy and MSE runs).
+BEYOND_MEASURES = ["trace_g", "trace_h", "local", "bounds", "trace_jtj"]
+_BEYOND_DATA = {"digits": dict(name="digits", classes=[3, 8]), "fashion_mnist": dict(name="fashion_mnist", classes=[0, 1])}
+
+
+def beyond_spec(dataset: str = "digits", width: int = 64, depth: int = 2, epochs: int = 400,
+                threshold: float = 1e-3, late_steps: int = 3000, eps: float = 1.0, eps_max: float = 16.0) -> dict:
+    """The runs of chapter "Beyond the paper" as a sweep preset (named ``"beyond"``): ``dataset`` ``"digits"``
+    (3 vs 8) or ``"fashion_mnist"`` (T-shirt vs trouser), in float64 (thousands of noisy steps agree across CPUs
+    to round-off); the tanh MLP ``width`` x ``depth`` (``arch="mlp"``); at most ``epochs`` epochs to reach the
+    training loss ``threshold``, then K = ``late_steps`` more SGD steps tracked every K/6; :data:`BEYOND_MEASURES`
+    on all training inputs; after training, :func:`~flatcomp_tutorial.robustness.robustness_measures` on the test
+    inputs at radius ``eps`` (searching up to ``eps_max``). Grid: :func:`beyond_grid`."""
+    if dataset not in _BEYOND_DATA:
+        raise ValueError(f"dataset must be one of {sorted(_BEYOND_DATA)}, got {dataset!r}")
+    if not (isinstance(late_steps, int) and not isinstance(late_steps, bool) and late_steps >= 6):
+        raise ValueError(f"late_steps must be an integer >= 6 (checkpoints every late_steps // 6), got {late_steps!r}")
+    spec = preset(
+        "cpu",
+        datasets={dataset: {**_BEYOND_DATA[dataset], "dtype": "float64"}},
+        architectures={"mlp": dict(kind="mlp", width=width, depth=depth, activation="tanh", dataset=dataset,
+                                   dtype="float64")},
+        train=dict(epochs=epochs, late_phase_steps=late_steps, late_phase_threshold=threshold,
+                   late_track_every=late_steps // 6, track_every_epochs=None, measures=list(BEYOND_MEASURES),
+                   measure_n=None),
+        grid={})
+    spec["datasets"] = {dataset: spec["datasets"][dataset]}
+    spec["name"], spec["robustness"] = "beyond", dict(eps=eps, eps_max=eps_max)
+    return spec
+
+
+def beyond_grid(seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] | None = None) -> list[dict]:
+    """Grid points (for :func:`~flatcomp_tutorial.sweeps.sweep` with :func:`beyond_spec`): every method of
+    :data:`BEYOND_METHODS` (or those named in ``methods``) x ``seeds``, each with ``arch="mlp"``."""
+    names = list(BEYOND_METHODS) if methods is None else list(methods)
+    unknown = [m for m in names if m not in BEYOND_METHODS]
+    if unknown:
+        raise ValueError(f"methods {unknown} are not methods of the chapter; use names from {list(BEYOND_METHODS)}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    return [{"arch": "mlp", **BEYOND_METHODS[m], "seed": int(s)} for m in names for s in seeds]
+
+
+def beyond_method(run: Mapping) -> str:
+    """The method (key of :data:`BEYOND_METHODS`) of a row of :func:`~flatcomp_tutorial.store.load_results`."""
+    for name, point in BEYOND_METHODS.items():
+        others = {"label_noise", "sam_rho", "loss"} - set(point)
+        if all(run.get(k) == v for k, v in point.items()) and all(
+                _unset(run.get(k)) or (k == "loss" and run.get(k) == "mse") for k in others):
+            return name
+    raise ValueError(f"the run {dict(run)} is none of the methods {list(BEYOND_METHODS)}")

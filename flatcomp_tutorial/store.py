@@ -300,7 +300,8 @@ def load_results(store: str | Path) -> pd.DataFrame:
     ``seed``, ...), ``diverged``, ``wall_time``, ``reached_threshold``, the final checkpoint's metrics (same names
     as the history columns; NaN and ±inf as stored), ``measure_version`` (the estimator settings of its measures,
     :func:`~flatcomp_tutorial.measures.measure_descriptions`; 1 for records written before versions were recorded)
-    and ``history`` (a list of row dicts).
+    and ``history`` (a list of row dicts); runs with robustness results (:func:`~flatcomp_tutorial.sweeps.run_config`)
+    add their columns and ``radii`` (a dict of per-input numpy arrays).
 
     ``attrs``: ``skipped_lines`` (unreadable or ill-typed lines, see :func:`read_store`); ``duplicate_keys``: later
     records of an already-seen key (left out: the FIRST record of a key is used); ``conflicting_keys``: those of
@@ -330,7 +331,10 @@ def load_results(store: str | Path) -> pd.DataFrame:
                    reached_threshold=info.get("reached_threshold"),
                    measure_version=info.get("measure_version", row.get("measure_version", 1)))
         row.update({k: (np.nan if v is None else v) for k, v in (r.get("final") or {}).items()})
+        row.update({k: (np.nan if v is None else v) for k, v in (r.get("robustness") or {}).items()})
         row["history"] = r.get("history", [])
+        if "radii" in r:
+            row["radii"] = {k: np.asarray(v, dtype=float) for k, v in r["radii"].items()}
         rows.append(row)
     if conflicts:
         warnings.warn(f"{store}: {len(conflicts)} key(s) have records with different results "

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import models, runtime, training
-from .checks import is_integer, is_real
+from . import models, robustness, runtime, training
+from .checks import check_count, check_real, is_integer, is_real
 from .data import load_dataset
 from .history import matched_row
 from .presets import grid_configs, preset_spec, resolve_config
@@ -28,7 +28,10 @@ __all__ = ["run_config", "SweepResult", "sweep"]
 def run_config(config: Mapping, device: str = "auto", progress: bool | None = None) -> dict:
     """Train one resolved configuration (:func:`~flatcomp_tutorial.presets.resolve_config`) and return its store
     record (format: :mod:`flatcomp_tutorial.store`); ``matched`` is the run's matched-loss row
-    (:func:`~flatcomp_tutorial.history.matched_row`)."""
+    (:func:`~flatcomp_tutorial.history.matched_row`). A configuration with a ``robustness`` section (options of
+    :func:`~flatcomp_tutorial.robustness.robustness_measures`) also attacks the trained network on the test inputs,
+    with the training inputs as anchors: the record then holds ``robustness`` (its row) and ``radii`` (the
+    per-input arrays)."""
     data = load_dataset(**config["data"])
     opts = dict(config["model"])
     kind = opts.pop("kind")
@@ -44,11 +47,35 @@ def run_config(config: Mapping, device: str = "auto", progress: bool | None = No
     info = {k: res.config.get(k) for k in ("diverged_at_step", "late_start_step", "reached_threshold", "steps_done",
                                            "measure_time")}
     info["measure_errors"] = hist.attrs.get("measure_errors", {})
-    return {"key": config_key(config), "preset": config.get("preset"), "config": dict(config), "final": rows[-1],
-            "matched": matched_row(hist), "history": rows, "train_info": info,
-            "diverged": res.diverged, "wall_time": time.perf_counter() - start,
-            "conventions": {k: v for k, v in hist.attrs.items() if k != "measure_errors"},
-            "provenance": provenance(res.config["device"])}
+    rec = {"key": config_key(config), "preset": config.get("preset"), "config": dict(config), "final": rows[-1],
+           "matched": matched_row(hist), "history": rows, "train_info": info,
+           "diverged": res.diverged, "wall_time": None,
+           "conventions": {k: v for k, v in hist.attrs.items() if k != "measure_errors"},
+           "provenance": provenance(res.config["device"])}
+    if config.get("robustness"):
+        on = next(res.model.parameters()).device
+        rob = robustness.robustness_measures(res.model, data.x_test.to(on), data.labels_test.to(on),
+                                             anchors=data.x_train.to(on), **config["robustness"])
+        rec.update(robustness=rob.row, radii=rob.radii)
+    rec["wall_time"] = time.perf_counter() - start
+    return rec
+
+
+def _robustness_problems(options: Any) -> list[str]:
+    """What :func:`run_config` would refuse in a configuration's ``robustness`` section, before any training."""
+    if not options:
+        return []
+    known = {"eps", "eps_max", "steps", "bisection"}
+    if not isinstance(options, Mapping) or set(options) - known or not {"eps", "eps_max"} <= set(options):
+        return [f"robustness must be a dict with eps and eps_max (and optionally steps, bisection), got {options!r}"]
+    try:
+        eps = check_real(options["eps"], "robustness eps (the attack radius)")
+        eps_max = check_real(options["eps_max"], "robustness eps_max (the largest radius searched)")
+        for name in ("steps", "bisection"):
+            check_count(options.get(name, 1), f"robustness {name}")
+    except ValueError as err:
+        return [str(err)]
+    return [] if eps_max >= eps else [f"robustness eps_max ({eps_max:g}) must be >= eps ({eps:g})"]
 
 
 @dataclass
@@ -117,7 +144,7 @@ def _data_and_model_problems(cfg: Mapping, cache: dict) -> list[str]:
     if model_id not in cache:
         builder = getattr(models, str(kind), None) if kind in ("mlp", "lenet", "vgg", "vit") else None
         known = _keyword_names(builder, drop=("input_shape", "n_out")) if callable(builder) else None
-        unknown = sorted(set(opts) - known) if known is not None else []
+        unknown = sorted(set(opts) - known - {"dtype"}) if known is not None else []   # dtype: make_model's own
         cache[model_id] = None
         if unknown:
             cache[model_id] = f"unknown model option(s) {unknown} for kind={kind!r} (model.<option> or the " \
@@ -235,7 +262,8 @@ def _planned_runs(grid: Mapping[str, Sequence] | Sequence[Mapping] | None, spec:
     to do (ValueError naming every problem, or OSError for the store)."""
     points = grid_configs(spec["grid"] if grid is None else grid)
     configs = [resolve_config(p, spec) for p in points]
-    _raise_invalid([(p, problem) for p, cfg in zip(points, configs) for problem in _train_problems(cfg["train"])],
+    _raise_invalid([(p, problem) for p, cfg in zip(points, configs)
+                    for problem in _train_problems(cfg["train"]) + _robustness_problems(cfg.get("robustness"))],
                    len(configs))
     store = Path(store) if store is not None else results_dir() / f"{spec['name']}.jsonl"
     _check_store_writable(store)

@@ -179,8 +179,8 @@ def test_classes_accept_numpy_integers():
     assert d.classes == (7, 3) and all(type(c) is int for c in d.classes)
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64, "float32",
-                                   np.float32])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64, "int64",
+                                   "long", "float128", np.float32])
 def test_non_floating_dtypes_are_refused(no_loading, dtype):
     with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
         fc.load_dataset("digits", dtype=dtype)
@@ -190,6 +190,12 @@ def test_non_floating_dtypes_are_refused(no_loading, dtype):
 def test_floating_dtypes_are_accepted_and_labels_stay_int64(dtype):
     d = fc.load_dataset("digits", classes=(0, 1), n_train=20, n_test=10, dtype=dtype)
     assert d.x_train.dtype == d.y_test.dtype == dtype and d.labels_train.dtype == torch.int64
+
+
+@pytest.mark.parametrize("name", ["float64", "torch.float64"])
+def test_a_floating_dtype_may_be_given_by_name_as_a_stored_configuration_keeps_it(name):
+    d = fc.load_dataset("digits", classes=(0, 1), n_train=20, n_test=10, dtype=name)
+    assert d.x_train.dtype == torch.float64
 
 
 def test_dataset_to_refuses_an_integer_dtype():

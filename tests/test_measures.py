@@ -118,3 +118,16 @@ def test_v2_trace_at_initialisation_records_its_stderr_without_a_warning(recwarn
     row = _value("trace_h", model.eval(), sub)
     assert row["trace_h_stderr"] > M.TRACE_RTOL * abs(row["trace_h"])  # the cap was reached
     assert not [w for w in recwarn if "max_probes" in str(w.message)]
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_trace_jtj_is_the_mean_squared_frobenius_norm_of_the_jacobians_whatever_the_loss(trained, loss):
+    model, sub = trained
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def out(p, x):
+        return torch.func.functional_call(model, p, (x[None],))[0]
+
+    dense = sum(sum(float(j.pow(2).sum()) for j in torch.func.jacrev(out)(params, x).values())
+                for x in sub.x_train) / len(sub.x_train)
+    assert _value("trace_jtj", model, sub, loss=loss) == pytest.approx(dense, rel=1e-10)

@@ -120,3 +120,15 @@ def test_models_built_in_several_threads_at_once_get_the_weights_of_their_seed()
         built = list(pool.map(build, [s for _ in range(10) for s in range(4)]))
     for i, model in enumerate(built):
         assert torch.equal(torch.cat([p.detach().flatten() for p in model.parameters()]), want[i % 4])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "torch.float64", torch.float64])
+def test_make_model_takes_a_floating_dtype_or_its_name(dtype):
+    model = fc.make_model("mlp", (1, 8, 8), 2, width=4, seed=0, dtype=dtype)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", ["int64", "double precision", torch.int32])
+def test_make_model_refuses_a_dtype_that_is_not_floating(dtype):
+    with pytest.raises(ValueError, match="dtype must be a floating torch dtype"):
+        fc.make_model("mlp", (1, 8, 8), 2, width=4, seed=0, dtype=dtype)

@@ -119,3 +119,36 @@ def test_generalisation_spec_and_grid_refuse_a_bad_threshold_or_seeds():
         generalisation_spec(0)
     with pytest.raises(ValueError, match="seeds must be a non-empty list of integers"):
         generalisation_grid(seeds=[])
+
+
+def test_beyond_grid_has_every_method_for_every_seed_and_each_run_is_recognised_as_its_method():
+    grid = fc.presets.beyond_grid(seeds=[0, 1])
+    assert len(grid) == 2 * len(fc.presets.BEYOND_METHODS)
+    spec = fc.presets.beyond_spec()
+    for point in grid:
+        cfg = resolve_config(point, spec)
+        row = {**cfg["train"], "loss": cfg["train"].get("loss", "mse")}
+        method = fc.presets.beyond_method(row)
+        assert {**fc.presets.BEYOND_METHODS[method], "arch": "mlp", "seed": point["seed"]} == point
+
+
+def test_beyond_spec_trains_in_float64_with_attacks_and_all_training_inputs_measured():
+    cfg = resolve_config(fc.presets.beyond_grid(seeds=[0])[0], fc.presets.beyond_spec(late_steps=600))
+    assert cfg["preset"] == "beyond" and cfg["data"]["dtype"] == cfg["model"]["dtype"] == "float64"
+    assert cfg["train"]["late_phase_steps"] == 600 and cfg["train"]["late_track_every"] == 100
+    assert cfg["train"]["measure_n"] is None and cfg["robustness"] == dict(eps=1.0, eps_max=16.0)
+    assert cfg["data"]["name"] == "digits"
+    assert resolve_config(fc.presets.beyond_grid(seeds=[0])[0],
+                          fc.presets.beyond_spec("fashion_mnist"))["data"]["name"] == "fashion_mnist"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: fc.presets.beyond_spec("cifar10"), "dataset must be one of"),
+    (lambda: fc.presets.beyond_spec(late_steps=3), "late_steps must be an integer >= 6"),
+    (lambda: fc.presets.beyond_grid(methods=["Adam"]), r"methods \['Adam'\] are not methods"),
+    (lambda: fc.presets.beyond_grid(seeds=[]), "seeds must be a non-empty list"),
+    (lambda: fc.presets.beyond_method({"lr": 0.3, "batch_size": 2}), "is none of the methods"),
+])
+def test_beyond_spec_grid_and_method_refuse_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -11,7 +11,8 @@ import pytest
 import flatcomp_tutorial as fc
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ("cpu_sweep.jsonl", "cpu_arch.jsonl", "cpu_late_phase.jsonl", "cpu_generalisation.jsonl")
+SHIPPED = ("cpu_sweep.jsonl", "cpu_arch.jsonl", "cpu_late_phase.jsonl", "cpu_generalisation.jsonl",
+           "cpu_beyond.jsonl")
 
 
 def keys(path):

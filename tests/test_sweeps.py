@@ -294,3 +294,49 @@ def test_sweep_refuses_a_bad_thread_count_before_running_anything(tmp_path, thre
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         sweep(FAST_GRID, fast_spec(), store=tmp_path / "s.jsonl", threads=threads)
     assert not (tmp_path / "s.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------- attacks after training
+def test_a_robustness_section_records_the_attack_row_and_the_per_input_radii(tmp_path):
+    spec = fast_spec()
+    spec["robustness"] = dict(eps=1.0, eps_max=4.0, steps=2, bisection=2)
+    store = tmp_path / "rob.jsonl"
+    sweep({"lr": [0.1], "batch_size": [4], "seed": [0]}, spec, store=store, progress=False)
+    rec = read_store(store)[0][0]
+    assert rec["config"]["robustness"] == spec["robustness"]
+    assert {"pgd_success", "median_radius", "inputs_mean_mls"} <= set(rec["robustness"])
+    assert {"pgd", "segment", "empirical", "mls_bound"} <= set(rec["radii"])
+    assert all(len(v) == 10 for v in rec["radii"].values())            # one per test input
+    row = load_results(store).iloc[0]
+    assert row.pgd_success == rec["robustness"]["pgd_success"] and isinstance(row.radii["pgd"], np.ndarray)
+
+
+def test_a_spec_without_robustness_keeps_the_configuration_and_key_of_earlier_stores():
+    spec = fast_spec()
+    plain = resolve_config({"lr": 0.1, "batch_size": 4}, spec)
+    spec["robustness"] = dict(eps=1.0, eps_max=4.0)
+    attacked = resolve_config({"lr": 0.1, "batch_size": 4}, spec)
+    assert "robustness" not in plain and config_key(attacked) != config_key(plain)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(eps=1.0), "robustness must be a dict with eps and eps_max"),
+    (dict(eps=1.0, eps_max=4.0, radius=2), "robustness must be a dict with eps and eps_max"),
+    (dict(eps=-1.0, eps_max=4.0), "robustness eps"),
+    (dict(eps=2.0, eps_max=1.0), r"robustness eps_max \(1\) must be >= eps \(2\)"),
+    (dict(eps=1.0, eps_max=4.0, steps=0), "robustness steps"),
+])
+def test_sweep_refuses_bad_robustness_options_before_running_anything(tmp_path, train_calls, options, match):
+    spec = fast_spec()
+    spec["robustness"] = options
+    with pytest.raises(ValueError, match=match):
+        sweep(FAST_GRID, spec, store=tmp_path / "r.jsonl", progress=False)
+    assert _nothing_ran(tmp_path / "r.jsonl", train_calls[0])
+
+
+def test_a_float64_model_and_data_can_be_named_in_a_preset(tmp_path):
+    spec = preset("cpu", **{**FAST, "datasets": {"digits": {"n_train": 20, "n_test": 10, "dtype": "float64"}},
+                            "architectures": {"mlp": {"width": 4, "depth": 1, "dtype": "float64"}}})
+    store = tmp_path / "f64.jsonl"
+    sweep({"lr": [0.1], "batch_size": [4], "seed": [0]}, spec, store=store, progress=False)
+    assert read_store(store)[0][0]["config"]["model"]["dtype"] == "float64"
