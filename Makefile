@@ -38,9 +38,10 @@ test: install
 unit: install
 	$(PY) -m pytest -p no:cacheprovider tests
 
-# The cpu-preset learning-rate x batch-size sweep (24 runs, resumable: finished runs are skipped).
+# The cpu-preset learning-rate x batch-size sweep of chapter "Reproduction II" (24 runs, resumable: finished runs
+# are skipped; the chapter's measures, fc.presets.sweep_spec).
 sweep: install
-	$(PY) -c "import flatcomp_tutorial as fc; r = fc.sweep(preset='cpu', store='data/results/cpu_sweep.jsonl', threads=1, progress=True); print(f'{len(r.ran)} runs done, {len(r.skipped)} already in {r.store}')"
+	$(PY) -c "import flatcomp_tutorial as fc; r = fc.sweep(None, fc.presets.sweep_spec('cpu'), store='data/results/cpu_sweep.jsonl', threads=1, progress=True); print(f'{len(r.ran)} runs done, {len(r.skipped)} already in {r.store}')"
 
 # The multi-seed late-phase store of chapter "Reproduction I: the late phase" (5 arms x 5 seeds, resumable).
 late-phase: install

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from .measures import MEASURE_VERSION, SWEEP_MEASURES
 
-__all__ = ["PRESETS", "preset", "preset_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS",
+__all__ = ["PRESETS", "preset", "preset_spec", "SWEEP_EXTRA", "sweep_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS",
            "late_phase_spec", "late_phase_grid", "late_phase_arm", "GENERALISATION_GRID", "GENERALISATION_THRESHOLD",
            "generalisation_spec", "generalisation_grid", "BEYOND_METHODS", "BEYOND_MEASURES", "beyond_spec",
            "beyond_grid", "beyond_method"]
@@ -78,6 +78,19 @@ def preset(name: str, **overrides: Mapping) -> dict:
         else:
             p[section] = copy.deepcopy(value)
     return p
+
+
+#: What the chapters' sweeps measure on top of a preset's measures: the bounds (slacks and both sides) and the
+#: test-set sharpness.
+SWEEP_EXTRA = ["bounds", "test_lambda_max", "test_trace_h"]
+
+
+def sweep_spec(scale: str = "cpu") -> dict:
+    """The preset ``scale`` with :data:`SWEEP_EXTRA` added to its measures: the sweep of chapter "Reproduction II"
+    (and of ``make sweep``, which rebuilds its store ``cpu_sweep.jsonl``)."""
+    if scale not in PRESETS:
+        raise ValueError(f"scale must be one of {sorted(PRESETS)}, got {scale!r}")
+    return preset(scale, train={"measures": PRESETS[scale]["train"]["measures"] + SWEEP_EXTRA})
 
 
 def grid_configs(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> list[dict]:

@@ -152,3 +152,13 @@ def test_beyond_spec_trains_in_float64_with_attacks_and_all_training_inputs_meas
 def test_beyond_spec_grid_and_method_refuse_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_sweep_spec_is_the_preset_with_the_bounds_and_test_sharpness_and_keys_the_shipped_store():
+    spec = fc.presets.sweep_spec("cpu")
+    assert spec["train"]["measures"] == fc.presets.PRESETS["cpu"]["train"]["measures"] + fc.presets.SWEEP_EXTRA
+    shipped = {r["key"] for r in fc.store.read_store(fc.store.shipped_store("cpu_sweep.jsonl"))[0]}
+    planned = {fc.store.config_key(resolve_config(p, spec)) for p in grid_configs(spec["grid"])}
+    assert planned == shipped      # `make sweep` rebuilds exactly the runs the chapter reads
+    with pytest.raises(ValueError, match="scale must be one of"):
+        fc.presets.sweep_spec("gpu")
