@@ -44,7 +44,24 @@ def figure_problems(fig) -> list[str]:
                     if t.get_visible() and t.get_text().strip() and t.get_fontsize() < 9 - 1e-9})
     if small:
         problems.append(f"text at {small} pt (at least 9)")
+    problems += _overlapping_tick_labels(fig)
     return problems
+
+
+def _overlapping_tick_labels(fig) -> list[str]:
+    """Axes whose visible tick labels (major and minor, on one axis) overlap each other once drawn."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in fig.axes:
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            # rotated labels are left out: their axis-aligned boxes overlap where the slanted text does not
+            boxes = sorted((t.get_window_extent(renderer) for t in axis.get_ticklabels(which="both")
+                            if t.get_visible() and t.get_text().strip() and t.get_rotation() % 90 == 0),
+                           key=lambda b: (b.x0, b.y0))
+            if any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]):
+                found.append(f"overlapping {name} tick labels in panel {ax.get_title() or ax.get_ylabel()!r}")
+    return found
 
 
 @pytest.fixture(autouse=True)

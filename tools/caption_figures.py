@@ -168,6 +168,11 @@ FIGURES = [
            "Tr H (log axis), mean MLS, mean log LVR and mean local dimensionality at matched training loss against "
            "η/B (log axis): one point per run, marker per batch size, and a line through the mean over runs at "
            "each η/B."),
+    Figure("sweep", 'title="matched loss: both sides, one point per run"', "fig-sweep-bound-sides",
+           "Both sides of B2 (left panel: left side (1/n) Σ_i ||x_i||² MLS(x_i)² against right side ||W_1||_2² Tr G_{W_1}) "
+           "and of the network-wide bound B6 (right panel), one point per run of the sweep at matched training loss "
+           "(< 1e-3), coloured by batch size, log-log; the dashed diagonal is where a bound would be tight, every "
+           "point lies below it. The paper's appendix figure G.4 is the analogue for its runs."),
     Figure("sweep", "fig = fc.figures.plot_train_vs_test(", "fig-sweep-train-vs-test",
            "Tr H on the test inputs against Tr H on the training measurement subset at matched training loss, one "
            "point per run coloured by η/B, log–log with the diagonal y = x."),

@@ -5,11 +5,12 @@ Each draws given data (or a closed-form toy) and returns the figure."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import numpy as np
 import pandas as pd
 
 from ..toys import amgm_gap, geometric_spectrum
-from ._style import LEGEND_FONTSIZE, MARKERS, SMALL_FONTSIZE, finish, new_axes, run_colors
+from ._style import LEGEND_FONTSIZE, MARKERS, SMALL_FONTSIZE, finish, new_axes, plain_log_ticks, run_colors
 
 
 def plot_b4_steps(steps: dict, ax=None, title: str | None = None):
@@ -97,6 +98,8 @@ def plot_bound_sides(checkpoints: pd.DataFrame, bounds=("B2", "B6"), group: str 
         hi = float(max(checkpoints[lhs].max(), checkpoints[rhs].max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel=f"right side of {b}", ylabel=f"left side of {b}")
+        plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.yaxis)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="-", label=str(g)) for g, c in colors.items()]
     handles.append(plt.Line2D([], [], color="k", ls="--", label="LHS = RHS"))
     axes[0].legend(handles=handles, fontsize=SMALL_FONTSIZE)
@@ -121,6 +124,8 @@ def plot_rescaling(table: pd.DataFrame, ax=None, title: str | None = None):
                 label=str(col))
     ax.set(xscale="log", yscale="log", xlabel="rescaling factor c (W_l, b_l → cW_l, cb_l; W_{l+1} → W_{l+1}/c)",
            ylabel="value / value at c = 1")
+    for axis in (ax.xaxis, ax.yaxis):    # minor-tick labels collide when c spans less than a decade
+        axis.set_minor_formatter(NullFormatter())
     return finish(fig, ax, title, legend={"fontsize": LEGEND_FONTSIZE}, which="both")
 
 

@@ -152,6 +152,7 @@ def plot_vs_lr_over_batch(results: pd.DataFrame, columns=("trace_h", "mean_mls",
         ax.plot(mean.index, mean.values, "k-", lw=0.8, alpha=0.6)
         ax.set(xscale="log", xlabel=label("lr_over_b"), ylabel=label(col))
         plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.xaxis)
         if col in SHARPNESS_COLUMNS:
             ax.set_yscale("log")
             plain_log_ticks(ax.yaxis)
