@@ -169,7 +169,8 @@ FIGURES = [
            "η/B (log axis): one point per run, marker per batch size, and a line through the mean over runs at "
            "each η/B."),
     Figure("sweep", 'title="matched loss: both sides, one point per run"', "fig-sweep-bound-sides",
-           "Both sides of B2 (left panel: left side (1/n) Σ_i ||x_i||² MLS(x_i)² against right side ||W_1||_2² Tr G_{W_1}) "
+           "Both sides of B2 (left panel: left side $\\frac1n\\sum_i\\lVert x_i\\rVert^2\\,\\mathrm{MLS}(x_i)^2$ against "
+           "right side $\\lVert W_1\\rVert_2^2\\,\\mathrm{Tr}\\,G_{W_1}$) "
            "and of the network-wide bound B6 (right panel), one point per run of the sweep at matched training loss "
            "(< 1e-3), coloured by batch size, log-log; the dashed diagonal is where a bound would be tight, every "
            "point lies below it. The paper's appendix figure G.4 is the analogue for its runs."),
