@@ -31,12 +31,13 @@ def test_group_bars_draw_one_bar_per_group_at_its_mean_and_every_run_as_a_dot():
     plt.close(fig)
 
 
-def test_group_scatter_plots_every_run_once_per_panel_with_a_legend_of_groups():
+def test_group_scatter_plots_every_run_once_per_panel_with_one_legend_of_groups_below_the_panels():
     t = _runs()
     fig = figures.plot_group_scatter(t, "trace_g", {"median_radius": "radius"}, xlabel="Tr G", logx=True)
     ax = fig.axes[0]
     assert sum(len(l.get_xdata()) for l in ax.lines) == len(t) and ax.get_xscale() == "log"
-    assert [t_.get_text() for t_ in ax.get_legend().get_texts()] == ["SGD", "label noise", "SAM"]
+    assert ax.get_legend() is None and len(fig.legends) == 1     # outside the panels: it hides no run
+    assert [t_.get_text() for t_ in fig.legends[0].get_texts()] == ["SGD", "label noise", "SAM"]
     plt.close(fig)
 
 

@@ -42,7 +42,10 @@ def plot_group_scatter(table: pd.DataFrame, x: str, columns: dict, group: str = 
             ax.plot(rows[x], rows[col], "o", color=f"C{k}", label=str(g), ms=6, alpha=0.85)
         ax.set(xlabel=xlabel or label(x), ylabel=ylab, xscale="log" if logx else "linear",
                yscale="log" if col in logy else "linear")
-    return finish(fig, axes, title, legend={"fontsize": SMALL_FONTSIZE}, which="both")
+    # one legend for all panels, below them, so that it never hides a run
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=SMALL_FONTSIZE)
+    return finish(fig, axes, title, which="both")
 
 
 def plot_radii(table: pd.DataFrame, mls: str = "inputs_mean_mls", group: str = "method", ax=None,
