@@ -77,7 +77,7 @@ SMOKE = {
                    probe="(sorted(set(results.dataset)), sorted(set(arch.arch)), sorted(set(arch.dataset)), "
                          "len(arch) - arch.key.nunique())",
                    expect=(["fashion_mnist2"], ["mlp", "vgg11", "vit"], ["cifar10_2", "fashion_mnist2"], 0)),
-    "beyond": Smoke(dict(seeds=[0], width=16, epochs=2, threshold=1.0, late_steps=20, n_boot=20),
+    "beyond": Smoke(dict(seeds=[0], width=16, epochs=2, threshold=1.0, late_steps=24, eps_max=2.0, n_boot=20),
                     skip="beyond: smoke entry pending the store rewrite"),
 }
 
