@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 
 from flatcomp_tutorial.batch import notebook_parameters
+from flatcomp_tutorial.presets import PRESETS
 from test_data import cifar10_tarball, fashion_files, write_files
-from test_scale_switch import SCALED
+from test_scale_switch import SCALED, run_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -92,6 +93,23 @@ def test_smoke_overrides_are_parameters_of_the_chapter(stem):
     """papermill would inject an unknown name without complaint, and the chapter would run at full size."""
     unknown = set(SMOKE[stem].params) - set(notebook_parameters(BOOK / f"{stem}.ipynb"))
     assert not unknown, f"{stem}: not in its parameters cell: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("override, match", [
+    (dict(grid={"lrs": [0.1]}), r"grid may replace the lists lr, batch_size and seed, got \['lrs'\]"),
+    (dict(architectures={"vgg11": {}}), r"architectures must be among \['lenet', 'mlp', 'vit'\] at scale 'cpu'"),
+])
+def test_the_sweep_refuses_a_preset_override_naming_what_it_cannot_set(override, match):
+    with pytest.raises(ValueError, match=match):
+        run_setup(BOOK / "sweep.ipynb", "cpu", **override)
+
+
+def test_the_sweep_overrides_change_only_what_they_name():
+    spec = run_setup(BOOK / "sweep.ipynb", "cpu", grid={"seed": [0]}, architectures={"mlp": {"width": 16}},
+                     train_options={"epochs": 3})["spec"]
+    assert spec["grid"] == {**PRESETS["cpu"]["grid"], "seed": [0]}
+    assert spec["architectures"]["mlp"]["width"] == 16 and spec["architectures"]["mlp"]["depth"] == 2
+    assert spec["train"]["epochs"] == 3 and "test_trace_h" in spec["train"]["measures"]
 
 
 @pytest.fixture(scope="module")
