@@ -1,6 +1,7 @@
 # flatcomp-tutorial: the two commands of the README, and a few helpers.
 #   make book   - set up .venv, execute every chapter on CPU (outputs stored in the notebooks), build the HTML book
-#   make test   - set up .venv, run the unit tests and re-execute every chapter with pytest --nbval
+#   make test   - set up .venv, run the unit tests, re-execute every chapter with pytest --nbval, then make smoke
+#   make smoke  - execute every chapter's scale="paper" branch whole at smoke size on fabricated data (minutes)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export FLATCOMP_PROGRESS = 0
 export OMP_NUM_THREADS = $(THREADS)
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: install book execute html test unit bench sweep late-phase generalisation beyond clean
+.PHONY: install book execute html test unit smoke bench sweep late-phase generalisation beyond clean
 
 install: $(VENV)/.installed
 
@@ -31,9 +32,15 @@ execute: install
 html: install
 	$(VENV)/bin/jupyter-book build -W -n --keep-going book/
 
+# pyproject.toml deselects the paper_smoke tests by default (addopts); they run in their own step, make smoke.
 test: install
 	$(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-cell-timeout 600 tests book
+	$(MAKE) --no-print-directory smoke
+
+# Every chapter's scale="paper" branch, executed whole at smoke size (tests/test_paper_smoke.py).
+smoke: install
+	$(PY) -m pytest -p no:cacheprovider -m paper_smoke --durations=0 tests/test_paper_smoke.py
 
 unit: install
 	$(PY) -m pytest -p no:cacheprovider tests

@@ -85,12 +85,22 @@ def preset(name: str, **overrides: Mapping) -> dict:
 SWEEP_EXTRA = ["bounds", "test_lambda_max", "test_trace_h"]
 
 
-def sweep_spec(scale: str = "cpu") -> dict:
+def sweep_spec(scale: str = "cpu", grid: Mapping[str, Sequence] | None = None,
+               architectures: Mapping[str, Mapping] | None = None, train: Mapping[str, Any] | None = None) -> dict:
     """The preset ``scale`` with :data:`SWEEP_EXTRA` added to its measures: the sweep of chapter "Reproduction II"
-    (and of ``make sweep``, which rebuilds its store ``cpu_sweep.jsonl``)."""
+    (and of ``make sweep``, which rebuilds its store ``cpu_sweep.jsonl``). ``grid`` replaces some of the preset
+    grid's lists (``lr``, ``batch_size``, ``seed``), ``architectures`` updates architectures' options and ``train``
+    the training options, e.g. for a smaller run; None keeps the preset's."""
     if scale not in PRESETS:
         raise ValueError(f"scale must be one of {sorted(PRESETS)}, got {scale!r}")
-    return preset(scale, train={"measures": PRESETS[scale]["train"]["measures"] + SWEEP_EXTRA})
+    base = PRESETS[scale]
+    if not set(grid or {}) <= {"lr", "batch_size", "seed"}:
+        raise ValueError(f"grid may replace the lists lr, batch_size and seed, got {sorted(grid)}")
+    if not set(architectures or {}) <= set(base["architectures"]):
+        raise ValueError(f"architectures must be among {sorted(base['architectures'])} at scale {scale!r}, "
+                         f"got {sorted(architectures)}")
+    return preset(scale, architectures=dict(architectures or {}), grid={**base["grid"], **(grid or {})},
+                  train={"measures": base["train"]["measures"] + SWEEP_EXTRA, **(train or {})})
 
 
 def grid_configs(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> list[dict]:

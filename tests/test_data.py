@@ -269,13 +269,42 @@ def _idx_bytes(arr: np.ndarray) -> bytes:
     return gzip.compress(header + arr.astype(np.uint8).tobytes())
 
 
-def _register(monkeypatch, root, files: dict):
-    """Write fabricated files under root and point the registry at them with their true hashes."""
+def fashion_files(x_train: np.ndarray, labels_train, x_test: np.ndarray, labels_test) -> dict[str, bytes]:
+    """FashionMNIST's four registry files in the real IDX gz format, holding these (n, 28, 28) images and labels."""
+    return {"fashion_mnist/train-images-idx3-ubyte.gz": _idx_bytes(x_train),
+            "fashion_mnist/train-labels-idx1-ubyte.gz": _idx_bytes(np.asarray(labels_train)),
+            "fashion_mnist/t10k-images-idx3-ubyte.gz": _idx_bytes(x_test),
+            "fashion_mnist/t10k-labels-idx1-ubyte.gz": _idx_bytes(np.asarray(labels_test))}
+
+
+def cifar10_tarball(batches: dict) -> bytes:
+    """The CIFAR-10 python tarball (``cifar-10-batches-py/<name>`` pickles of ``{b"data", b"labels"}``) holding
+    ``batches``: ``{"data_batch_1": (x, labels), ..., "test_batch": (x, labels)}``, x of shape (n, 3072) uint8."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, (x, labels) in batches.items():
+            blob = pickle.dumps({b"data": np.asarray(x, dtype=np.uint8), b"labels": list(labels)})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def write_files(root, files: dict) -> dict[str, str]:
+    """Write fabricated registry files under ``root``; returns ``{path under root: sha256}``."""
+    hashes = {}
     for rel, content in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-        monkeypatch.setitem(D.REGISTRY, rel, D.RegistryEntry(rel, D.sha256(path), "http://127.0.0.1:9/" + rel))
+        hashes[rel] = D.sha256(path)
+    return hashes
+
+
+def _register(monkeypatch, root, files: dict):
+    """Write fabricated files under root and point the registry at them with their true hashes."""
+    for rel, sha in write_files(root, files).items():
+        monkeypatch.setitem(D.REGISTRY, rel, D.RegistryEntry(rel, sha, "http://127.0.0.1:9/" + rel))
 
 
 @pytest.fixture
@@ -283,12 +312,7 @@ def fake_fashion(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     x_tr, x_te = rng.integers(0, 256, (30, 28, 28)), rng.integers(0, 256, (12, 28, 28))
     l_tr, l_te = np.arange(30) % 10, np.arange(12) % 10
-    _register(monkeypatch, tmp_path, {
-        "fashion_mnist/train-images-idx3-ubyte.gz": _idx_bytes(x_tr),
-        "fashion_mnist/train-labels-idx1-ubyte.gz": _idx_bytes(l_tr),
-        "fashion_mnist/t10k-images-idx3-ubyte.gz": _idx_bytes(x_te),
-        "fashion_mnist/t10k-labels-idx1-ubyte.gz": _idx_bytes(l_te),
-    })
+    _register(monkeypatch, tmp_path, fashion_files(x_tr, l_tr, x_te, l_te))
     return tmp_path, x_tr, l_tr
 
 
@@ -310,18 +334,9 @@ def test_fashion_mnist_two_class_task(fake_fashion):
 
 def test_cifar10_parses_python_tarball(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    buf = io.BytesIO()
-    batches = {}
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in ["data_batch_1", "data_batch_2", "test_batch"]:
-            x = rng.integers(0, 256, (10, 3072)).astype(np.uint8)
-            labels = list(rng.integers(0, 10, 10))
-            batches[name] = (x, labels)
-            blob = pickle.dumps({b"data": x, b"labels": labels})
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    _register(monkeypatch, tmp_path, {"cifar10/cifar-10-python.tar.gz": buf.getvalue()})
+    batches = {name: (rng.integers(0, 256, (10, 3072)).astype(np.uint8), list(rng.integers(0, 10, 10)))
+               for name in ["data_batch_1", "data_batch_2", "test_batch"]}
+    _register(monkeypatch, tmp_path, {"cifar10/cifar-10-python.tar.gz": cifar10_tarball(batches)})
     x_tr, l_tr, x_te, l_te = D.read_cifar10_tarball(tmp_path / "cifar10/cifar-10-python.tar.gz")
     assert x_tr.shape == (20, 3, 32, 32) and x_te.shape == (10, 3, 32, 32)
     assert np.array_equal(x_tr[0].reshape(-1), batches["data_batch_1"][0][0])

@@ -18,7 +18,7 @@ from flatcomp_tutorial.stats import summarize
 from flatcomp_tutorial.store import config_key, load_results, read_store
 from flatcomp_tutorial.sweeps import sweep
 
-from test_data import _idx_bytes, _register  # the fabricated-download helpers of the data tests
+from test_data import _register, cifar10_tarball, fashion_files  # fabricated-download helpers (data tests)
 
 TINY = dict(architectures={"mlp": {"width": 8}},
             train={"epochs": None, "steps": 30, "track_every_epochs": None, "track_every": 15,
@@ -238,26 +238,12 @@ def test_sweep_refuses_a_negative_max_runs():
 
 @pytest.fixture
 def fake_downloads(tmp_path, monkeypatch):
-    import io
-    import pickle
-    import tarfile
-
     rng = np.random.default_rng(0)
-    files = {
-        "fashion_mnist/train-images-idx3-ubyte.gz": _idx_bytes(rng.integers(0, 256, (40, 28, 28))),
-        "fashion_mnist/train-labels-idx1-ubyte.gz": _idx_bytes(np.arange(40) % 10),
-        "fashion_mnist/t10k-images-idx3-ubyte.gz": _idx_bytes(rng.integers(0, 256, (20, 28, 28))),
-        "fashion_mnist/t10k-labels-idx1-ubyte.gz": _idx_bytes(np.arange(20) % 10),
-    }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in ("data_batch_1", "test_batch"):
-            blob = pickle.dumps({b"data": rng.integers(0, 256, (20, 3072)).astype(np.uint8),
-                                 b"labels": [i % 2 for i in range(20)]})
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    files["cifar10/cifar-10-python.tar.gz"] = buf.getvalue()
+    files = fashion_files(rng.integers(0, 256, (40, 28, 28)), np.arange(40) % 10,
+                          rng.integers(0, 256, (20, 28, 28)), np.arange(20) % 10)
+    files["cifar10/cifar-10-python.tar.gz"] = cifar10_tarball(
+        {name: (rng.integers(0, 256, (20, 3072)), [i % 2 for i in range(20)])
+         for name in ("data_batch_1", "test_batch")})
     _register(monkeypatch, tmp_path, files)
     return tmp_path
 

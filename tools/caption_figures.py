@@ -159,7 +159,7 @@ FIGURES = [
            "(columns: mean MLS, mean log LVR, mean local dimensionality, NMLS) at matched training loss, one point "
            "per run of the sweep, coloured by η/B (log colour scale); all measured on the same fixed training "
            "inputs."),
-    Figure("sweep", 'title="matched loss: Spearman r, 24 runs"', "fig-sweep-correlations",
+    Figure("sweep", 'title=f"matched loss: Spearman r, {len(results)} runs"', "fig-sweep-correlations",
            "Spearman correlation between each sharpness measure (Tr H, λ_max, relative flatness, adaptive "
            "sharpness) and each compression measure across the sweep's runs at matched training loss, with "
            "percentile-bootstrap 95% intervals from resampling runs (Tr G, nearly equal to Tr H at this loss, is "
