@@ -79,8 +79,12 @@ SMOKE = {
                    probe="(sorted(set(results.dataset)), sorted(set(arch.arch)), sorted(set(arch.dataset)), "
                          "len(arch) - arch.key.nunique())",
                    expect=(["fashion_mnist2"], ["mlp", "vgg11", "vit"], ["cifar10_2", "fashion_mnist2"], 0)),
-    "beyond": Smoke(dict(seeds=[0], width=16, epochs=2, threshold=1.0, late_steps=24, eps_max=2.0, n_boot=20),
-                    skip="beyond: smoke entry pending the store rewrite"),
+    "beyond": Smoke(dict(seeds=[0], width=16, epochs=2, threshold=1.0, late_steps=24, eps_max=2.0, n_boot=20,
+                         sweep_grid={"lr": [0.05, 0.1], "batch_size": [16], "seed": [0]},
+                         sweep_train_options={"epochs": 2, "measure_n": 8, "probes": 2,
+                                              "late_phase_threshold": 1.0}),
+                    probe="(data.name, sorted(set(sweep.dataset)), len(runs))",
+                    expect=("fashion_mnist", ["fashion_mnist2"], 6)),
 }
 
 
