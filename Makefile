@@ -42,8 +42,9 @@ test: install
 smoke: install
 	$(PY) -m pytest -p no:cacheprovider -m paper_smoke --durations=0 tests/test_paper_smoke.py
 
+# the fast unit suite: without the integration tests (notebooks, subprocesses, recomputed stored runs: make test)
 unit: install
-	$(PY) -m pytest -p no:cacheprovider tests
+	$(PY) -m pytest -p no:cacheprovider -m "not paper_smoke and not integration" tests
 
 # The cpu-preset learning-rate x batch-size sweep of chapter "Reproduction II" (24 runs, resumable: finished runs
 # are skipped; the chapter's measures, fc.presets.sweep_spec).

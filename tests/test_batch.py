@@ -320,6 +320,7 @@ def test_workers_run_configurations_at_the_same_time(fake_papermill, nb, tmp_pat
 
 
 # ------------------------------------------------------------------------------------ --workers 2 (kernel)
+@pytest.mark.integration
 def test_two_workers_give_the_records_executed_copies_and_summary_of_one(tmp_path):
     (tmp_path / "book").mkdir()
     nb = _notebook(tmp_path / "book" / "chapter.ipynb", cells=(
@@ -337,6 +338,7 @@ def test_two_workers_give_the_records_executed_copies_and_summary_of_one(tmp_pat
 
 
 # ------------------------------------------------------------------------------------- runs that fail (kernel)
+@pytest.mark.integration
 def test_cell_timeout_names_the_cell_and_the_notebook(tmp_path):
     path = _notebook(tmp_path / "chapter.ipynb", cells=("x = 1", "import time; time.sleep(30)", RECORD))
     with pytest.raises(RuntimeError) as err:
@@ -356,6 +358,7 @@ def test_cli_failing_cell_gives_a_concise_message_naming_the_cell(tmp_path, caps
 
 
 # ------------------------------------------------------------------------------------------------ runs with a kernel
+@pytest.mark.integration
 def test_batch_runs_a_notebook_once_per_configuration_and_collects_records(tmp_path):
     (tmp_path / "book").mkdir()
     nb = _notebook(tmp_path / "book" / "chapter.ipynb", cells=(

@@ -48,6 +48,7 @@ def test_every_run_carries_its_attack_results_on_every_test_input(records):
         assert all(len(v) == n_test for v in r["radii"].values())
 
 
+@pytest.mark.integration
 def test_a_stored_run_recomputed_here_matches_its_late_phase_values_and_radii(records):
     method, seed = RECOMPUTED
     stored = next(r for r in records if r["config"]["train"]["seed"] == seed

@@ -82,6 +82,7 @@ def test_chapter_is_committed_executed_top_to_bottom_without_errors(path):
             "every chapter shows at least one figure"
 
 
+@pytest.mark.integration
 def test_papermill_runs_a_chapter_with_parameter_overrides(tmp_path, monkeypatch):
     import papermill as pm
 
@@ -105,6 +106,7 @@ def _broken_copy(tmp_path):
     return path
 
 
+@pytest.mark.integration
 def test_a_broken_cell_fails_the_main_job(tmp_path):
     path = _broken_copy(tmp_path)
     run = subprocess.run([sys.executable, "-m", "flatcomp_tutorial.notebooks", "execute", str(path)],
@@ -113,6 +115,7 @@ def test_a_broken_cell_fails_the_main_job(tmp_path):
     assert "deliberately broken cell" in run.stderr
 
 
+@pytest.mark.integration
 def test_a_broken_cell_fails_nbval(tmp_path):
     path = _broken_copy(tmp_path)
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "flatcomp_tutorial.nbval_plugin",
@@ -121,6 +124,7 @@ def test_a_broken_cell_fails_nbval(tmp_path):
     assert "deliberately broken cell" in run.stdout
 
 
+@pytest.mark.integration
 def test_a_stale_stored_output_fails_nbval(tmp_path):
     cell = nbformat.v4.new_code_cell("print(1 + 1)", execution_count=1)
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="3\n")]
@@ -133,6 +137,7 @@ def test_a_stale_stored_output_fails_nbval(tmp_path):
     assert run.returncode != 0 and "1 failed" in run.stdout
 
 
+@pytest.mark.integration
 def test_widget_explorer_runs_headless_and_leaves_a_static_figure(tmp_path):
     from nbclient import NotebookClient
 

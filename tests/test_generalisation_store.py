@@ -45,6 +45,7 @@ def test_every_run_misclassifies_several_test_images(records):
     assert all(round((1 - r["matched"]["test_acc"]) * n_test) >= 3 for r in records)
 
 
+@pytest.mark.integration
 def test_a_stored_run_recomputed_here_matches_its_matched_loss_values(records):
     stored = next(r for r in records if all(r["config"]["train"][k] == v for k, v in RECOMPUTED.items()))
     new = run_config(stored["config"], device="cpu", progress=False)

@@ -46,6 +46,7 @@ def test_every_run_reached_its_threshold_and_none_diverged(records):
     assert all(r["train_info"]["reached_threshold"] and not r["diverged"] for r in records)
 
 
+@pytest.mark.integration
 def test_a_stored_run_recomputed_here_matches_its_late_phase_values(records):
     arm, seed = RECOMPUTED
     stored = next(r for r in records if late_phase_arm(r["config"]) == arm and r["config"]["train"]["seed"] == seed)

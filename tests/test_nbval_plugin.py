@@ -93,24 +93,28 @@ def _nbval(path):
                           capture_output=True, text=True, env=env, timeout=300, cwd=path.parent)
 
 
+@pytest.mark.integration
 def test_nbval_accepts_a_recomputed_float_within_the_cells_stated_tolerance(tmp_path):
     meta = {"nbval": {"rtol": 0.01, "why": "test"}}
     run = _nbval(_notebook(tmp_path, "print(1.005)", "1.0\n", meta))
     assert run.returncode == 0, run.stdout
 
 
+@pytest.mark.integration
 def test_nbval_fails_a_stale_float_beyond_the_cells_stated_tolerance(tmp_path):
     meta = {"nbval": {"rtol": 0.01, "why": "test"}}
     run = _nbval(_notebook(tmp_path, "print(1.005)", "1.5\n", meta))
     assert run.returncode != 0 and "1 failed" in run.stdout and "1.5 became 1.005" in run.stdout
 
 
+@pytest.mark.integration
 def test_nbval_kernels_run_with_progress_bars_off_without_environment_variables(tmp_path):
     source = "import os\nprint(os.environ.get('FLATCOMP_PROGRESS'))"
     run = _nbval(_notebook(tmp_path, source, "0\n"))
     assert run.returncode == 0, run.stdout
 
 
+@pytest.mark.integration
 def test_nbval_masks_wall_times_and_memory_addresses(tmp_path):
     source = "print('trained in 3.2 s on cpu at 0x7f00aa')"
     run = _nbval(_notebook(tmp_path, source, "trained in 17.9 s on cpu at 0x1234\n"))

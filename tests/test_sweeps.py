@@ -55,6 +55,7 @@ sweep(grid, spec, store=sys.argv[1], progress=False)
 """
 
 
+@pytest.mark.integration
 def test_killed_sweep_leaves_only_complete_records_and_resumes_without_redoing_them(tmp_path):
     store = tmp_path / "killed.jsonl"
     spec = tiny_spec(steps=200, track_every=200)

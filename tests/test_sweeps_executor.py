@@ -114,6 +114,7 @@ class CountingPool(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
+@pytest.mark.integration
 def test_a_process_pool_sweep_stores_the_records_of_the_sequential_sweep(tmp_path, sequential):
     """Spawned worker processes: fresh interpreters that import the package, as on another machine."""
     store = tmp_path / "p.jsonl"
@@ -241,6 +242,7 @@ print(sorted(m for m in ("dask", "distributed") if m in sys.modules))
 """
 
 
+@pytest.mark.integration
 def test_an_executor_sweep_without_dask_does_not_import_dask(tmp_path):
     out = subprocess.run([sys.executable, "-c", NO_DASK_SCRIPT, str(tmp_path / "n.jsonl"), json.dumps(GRID),
                           json.dumps(tiny_spec())], capture_output=True, text=True, timeout=120,
@@ -258,6 +260,7 @@ def test_sweep_refuses_an_executor_without_submit_before_running_anything(tmp_pa
     assert not store.exists()
 
 
+@pytest.mark.integration
 def test_a_dask_cluster_sweep_stores_the_records_of_the_sequential_sweep(tmp_path, sequential):
     """Two worker processes of a local dask cluster on the loopback interface."""
     distributed = pytest.importorskip("distributed")
