@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 import flatcomp_tutorial as fc
+from shipped import shipped_records
 from flatcomp_tutorial.presets import BEYOND_METHODS, beyond_grid, beyond_method, beyond_spec, resolve_config
 from flatcomp_tutorial.sweeps import run_config
 
-STORE = fc.store.shipped_store("cpu_beyond.jsonl")
 # cross-entropy, seed 0: the cheapest run of the store (a few seconds here).
 RECOMPUTED = ("cross-entropy", 0)
 # The runs are float64 (thousands of SGD steps agree across CPU kernels to round-off): relative tolerance on the
@@ -23,9 +23,7 @@ EXACT = ["train_loss", "trace_g", "trace_jtj", "mean_mls", "lhs_B2", "rhs_B2"]
 
 @pytest.fixture(scope="module")
 def records():
-    if STORE is None or not STORE.exists():
-        pytest.skip("cpu_beyond.jsonl is missing; build it with `make beyond`")
-    return fc.store.read_store(STORE)[0]   # finished runs only
+    return shipped_records("cpu_beyond.jsonl")   # finished runs only
 
 
 def test_the_store_holds_every_method_with_every_seed_of_the_chapter(records):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import flatcomp_tutorial as fc
+from shipped import shipped_records
 from flatcomp_tutorial.presets import generalisation_grid, generalisation_spec, resolve_config
 from flatcomp_tutorial.sweeps import run_config
 
-STORE = fc.store.shipped_store("cpu_generalisation.jsonl")
 # lr 0.2, B 32, seed 0: one of the cheapest runs (a few seconds here).
 RECOMPUTED = dict(lr=0.2, batch_size=32, seed=0)
 # Relative tolerance on the matched row's training and test loss, Tr G and MLS, and absolute (nats) on the log LVR:
@@ -23,9 +23,7 @@ EXACT = ["train_loss", "test_loss", "trace_g", "mean_mls"]
 
 @pytest.fixture(scope="module")
 def records():
-    if STORE is None or not STORE.exists():
-        pytest.skip("cpu_generalisation.jsonl is missing; build it with `make generalisation`")
-    return fc.store.read_store(STORE)[0]   # finished runs only
+    return shipped_records("cpu_generalisation.jsonl")   # finished runs only
 
 
 def test_the_store_holds_every_planned_run_and_at_least_twelve(records):

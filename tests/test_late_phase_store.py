@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 import flatcomp_tutorial as fc
+from shipped import shipped_records
 from flatcomp_tutorial.presets import LATE_PHASE_ARMS, late_phase_arm, late_phase_grid, late_phase_spec, resolve_config
 from flatcomp_tutorial.sweeps import run_config
 
-STORE = fc.store.shipped_store("cpu_late_phase.jsonl")
 # Plain SGD (no label noise, no SAM) at lr 0.1, B 16: a cheap arm (about 6 s here) whose float32 run is not chaotic:
 # other CPU kernels (ATEN_CPU_CAPABILITY=default) change the last bits of each step, and those differences stay small.
 RECOMPUTED = ("plain SGD", 0)
@@ -25,9 +25,7 @@ ADDITIVE = ["mean_log_lvr", "mean_local_dim"]
 
 @pytest.fixture(scope="module")
 def records():
-    if not STORE.exists():
-        pytest.skip(f"{STORE} is missing; build it with `make late-phase`")
-    return fc.store.read_store(STORE)[0]   # finished runs only
+    return shipped_records("cpu_late_phase.jsonl")   # finished runs only
 
 
 def test_the_store_holds_every_planned_run_of_every_arm(records):
