@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .checks import check_flag
+from .checks import check_flag, float_dtype
 from .checks import is_integer as _is_int
 
 OFFLINE_DATASETS = ("digits", "teacher_student")
@@ -140,8 +140,11 @@ def _check_seed(seed: Any) -> int:
 def _check_dtype(dtype: Any) -> torch.dtype:
     """One of :data:`FLOAT_DTYPES`, or its name (``"float64"``); an integer dtype would truncate the standardised
     inputs to integers."""
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if isinstance(dtype, str):   # a name, as a stored configuration keeps it: checks.float_dtype resolves it
+        try:
+            dtype = float_dtype(dtype)
+        except ValueError:
+            pass                   # refused below, with the list of dtypes
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be a floating torch dtype ({', '.join(map(str, FLOAT_DTYPES))}), got {dtype!r}"
                          "; integer dtypes would truncate the inputs")

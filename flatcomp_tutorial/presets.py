@@ -15,10 +15,10 @@ from typing import Any, Mapping, Sequence
 
 from .measures import MEASURE_VERSION, SWEEP_MEASURES
 
-__all__ = ["PRESETS", "preset", "preset_spec", "SWEEP_EXTRA", "sweep_spec", "grid_configs", "resolve_config", "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS",
-           "late_phase_spec", "late_phase_grid", "late_phase_arm", "GENERALISATION_GRID", "GENERALISATION_THRESHOLD",
-           "generalisation_spec", "generalisation_grid", "BEYOND_METHODS", "BEYOND_MEASURES", "beyond_spec",
-           "beyond_grid", "beyond_method"]
+__all__ = ["PRESETS", "preset", "preset_spec", "SWEEP_EXTRA", "sweep_spec", "grid_configs", "resolve_config",
+           "LATE_PHASE_ARMS", "LATE_PHASE_SEEDS", "late_phase_spec", "late_phase_grid", "late_phase_arm",
+           "GENERALISATION_GRID", "GENERALISATION_THRESHOLD", "generalisation_spec", "generalisation_grid",
+           "BEYOND_METHODS", "BEYOND_MEASURES", "beyond_spec", "beyond_grid", "beyond_method"]
 
 _SWEEP_MEASURES = list(SWEEP_MEASURES)
 
@@ -279,7 +279,8 @@ BEYOND_METHODS: dict[str, dict] = {
 #: Measures of those runs: Tr G and Tr H of each run's own loss, the local measures, B1-B8 with both sides, and
 #: (1/n) sum ||J_theta||_F^2 (``trace_jtj``, one scale for cross-entropy and MSE runs).
 BEYOND_MEASURES = ["trace_g", "trace_h", "local", "bounds", "trace_jtj"]
-_BEYOND_DATA = {"digits": dict(name="digits", classes=[3, 8]), "fashion_mnist": dict(name="fashion_mnist", classes=[0, 1])}
+_BEYOND_DATA = {"digits": dict(name="digits", classes=[3, 8]),
+                "fashion_mnist": dict(name="fashion_mnist", classes=[0, 1])}
 
 
 def beyond_spec(dataset: str = "digits", width: int = 64, depth: int = 2, epochs: int = 400,

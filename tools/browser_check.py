@@ -67,11 +67,12 @@ def page_problems(page: Path, dom: str) -> tuple[dict, list[str]]:
     views = soup.select(".jupyter-widgets, [data-mime-type*='widget-view'], script[type*='widget-view']")
     if views:
         problems.append(f"{len(views)} widget views left (blank without a kernel)")
-    badges = [img.get("src", "") for a in soup.select("a[href*='colab.research.google.com']") for img in a.find_all("img")]
+    badges = [img.get("src", "") for a in soup.select("a[href*='colab.research.google.com']")
+              for img in a.find_all("img")]
     if any(src.startswith("http") for src in badges):
         problems.append("the Colab badge loads from the network")
-    counts = {"formulas": len(maths), "figures": len(figures), "widget notes": len(soup.select(".flatcomp-widget-note")),
-              "images": len(soup.find_all("img"))}
+    counts = {"formulas": len(maths), "figures": len(figures),
+              "widget notes": len(soup.select(".flatcomp-widget-note")), "images": len(soup.find_all("img"))}
     return counts, problems
 
 
