@@ -14,10 +14,11 @@ import torch
 from .checks import check_count, is_integer
 
 SCALES = ("cpu", "paper")
-# Hours one run of the paper preset's MLP (784-512-512-2, 2-class FashionMNIST, full 200-epoch budget and every
-# measure) takes on one core of the CPU that built the book: chapter "Running at paper scale" measures it (about
-# 0.38 h there) and prints it beside this figure. VGG-11 and ViT steps cost 30-140 times as much.
-PAPER_MLP_CPU_HOURS = 0.4
+# Hours one run of each paper-preset architecture takes on one core of the CPU that built the book (2-class data,
+# full epoch budget, every measure): the cost model of module ``cost`` applied to the shipped measurement
+# (``results/paper_costs.jsonl``, chapter "Running at paper scale"; a test keeps them within a factor of 2).
+PAPER_CPU_HOURS = {"mlp": 0.2, "vit": 5.0, "vgg11": 50.0}
+PAPER_MLP_CPU_HOURS = PAPER_CPU_HOURS["mlp"]
 
 # Accelerator backends without float64 arithmetic (Apple's Metal Performance Shaders).
 _NO_FLOAT64 = ("mps",)
@@ -96,8 +97,9 @@ def check_scale(scale: str, device: torch.device | str, runs: int = 1) -> str:
     if scale == "paper" and torch.device(device).type == "cpu":
         hours = runs * PAPER_MLP_CPU_HOURS
         warnings.warn(f"scale='paper' on a CPU: this chapter trains {runs} paper-scale run(s), about "
-                      f"{PAPER_MLP_CPU_HOURS:g} h each for the MLP on one CPU core (convolutional networks and ViTs "
-                      f"take 30-140 times longer), so expect {hours:.2g} h or more. Use a GPU: on Colab choose "
+                      f"{PAPER_MLP_CPU_HOURS:g} h each for the MLP on one CPU core (a ViT run about "
+                      f"{PAPER_CPU_HOURS['vit']:g} h, a VGG-11 run about {PAPER_CPU_HOURS['vgg11']:g} h), so expect "
+                      f"{hours:.2g} h or more. Use a GPU: on Colab choose "
                       "Runtime -> Change runtime type -> GPU and run the chapter again (device='auto' picks it); "
                       "or keep scale='cpu'.", RuntimeWarning, stacklevel=2)
     return scale

@@ -183,3 +183,14 @@ def test_every_chapter_has_an_execution_record():
     table = NB.execution_table()
     missing = table[table.wall_s.isna()].chapter.tolist()
     assert missing == [], f"chapters never run by `make execute` (python -m flatcomp_tutorial.notebooks execute): {missing}"
+
+
+def test_the_api_appendix_documents_every_module_with_a_public_interface():
+    import flatcomp_tutorial
+
+    package = Path(flatcomp_tutorial.__file__).parent
+    public = {".".join(p.relative_to(package.parent).with_suffix("").parts) for p in package.rglob("*.py")
+              if "__pycache__" not in p.parts and "__all__" in p.read_text() and not p.name.startswith("_")}
+    documented = set(re.findall(r'import_module\("([\w.]+)"\)',
+                                "".join(c.source for c in code_cells(BOOK / "api.ipynb"))))
+    assert public - documented == set()

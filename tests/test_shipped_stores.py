@@ -12,7 +12,7 @@ import flatcomp_tutorial as fc
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("cpu_sweep.jsonl", "cpu_arch.jsonl", "cpu_late_phase.jsonl", "cpu_generalisation.jsonl",
-           "cpu_beyond.jsonl")
+           "cpu_beyond.jsonl", "paper_costs.jsonl")
 
 
 def keys(path):
