@@ -234,23 +234,8 @@ def sweep(grid: Mapping[str, Sequence] | Sequence[Mapping] | None = None, preset
                              f"dask.distributed.Client), or None to run in this process; got {executor!r}")
         store, runs, done = _planned_runs(grid, preset_spec(preset), store)
         result = SweepResult(store)
-        if executor is not None:
-            _sweep_on(executor, runs, done, result, device, threads, max_runs, progress)
-            return result
-        from tqdm.auto import tqdm
-
-        for point, cfg, key in tqdm(runs, desc="sweep", disable=not runtime.progress_enabled(progress)):
-            if key in done:
-                result.skipped.append(key)
-                continue
-            if max_runs is not None and len(result.ran) + len(result.failures) >= max_runs:
-                break
-            error = _run_and_append(point, cfg, key, store, device)
-            if error is None:
-                done.add(key)
-                result.ran.append(key)
-            else:
-                result.failures.append((cfg, error))
+        _sweep_on(_InProcess() if executor is None else executor, runs, done, result, device, threads, max_runs,
+                  progress)
     return result
 
 
@@ -275,21 +260,6 @@ def _planned_runs(grid: Mapping[str, Sequence] | Sequence[Mapping] | None, spec:
     return store, list(zip(points, configs, keys)), done
 
 
-def _run_and_append(point: Mapping, cfg: dict, key: str, store: Path, device: str) -> str | None:
-    """Run one configuration and append its record; if it raises, append a failed record, warn and return the
-    error as ``"ErrorType: message"`` (None when the run finished)."""
-    start = time.perf_counter()
-    try:
-        rec = run_config(cfg, device=device, progress=False)
-    except Exception as err:  # noqa: BLE001 - any run-time failure is recorded and the sweep goes on
-        error = f"{type(err).__name__}: {err}"
-        _append_failure(point, cfg, key, store, error, traceback.format_exc()[-4000:],
-                        time.perf_counter() - start)
-        return error
-    append_record(store, rec)
-    return None
-
-
 def _append_failure(point: Mapping, cfg: dict, key: str, store: Path, error: str, trace: str,
                     wall_time: float | None) -> None:
     """Append the failed record of a run and warn (the warning points at the caller of :func:`sweep`)."""
@@ -300,11 +270,33 @@ def _append_failure(point: Mapping, cfg: dict, key: str, store: Path, error: str
                   RuntimeWarning, stacklevel=4)
 
 
+class _Deferred:
+    """The future of :class:`_InProcess`: the call runs when its result is first asked for."""
+
+    def __init__(self, fn: Any, args: tuple) -> None:
+        self._fn, self._args = fn, args
+
+    def result(self) -> Any:
+        return self._fn(*self._args)
+
+    def cancel(self) -> bool:
+        return False
+
+
+class _InProcess:
+    """The executor of a sweep without one: ``submit`` defers the call to this process, and
+    :func:`_as_completed` asks for the results in submission order, so each run is trained, measured and appended
+    before the next one starts (the sequential sweep is the executor path with this executor)."""
+
+    def submit(self, fn: Any, *args: Any) -> _Deferred:
+        return _Deferred(fn, args)
+
+
 def _run_remote(cfg: dict, device: str, threads: int | None) -> tuple:
-    """What an executor's worker runs for one configuration: train and measure it with torch's CPU threads set to
-    ``threads``, and return ``("ok", record)`` (the record as plain JSON values, so it unpickles anywhere) or, if
-    the run raised, ``("failed", "ErrorType: message", traceback, wall_time)``. It never raises for a failed run
-    and never touches the store."""
+    """What an executor's worker (or this process, without an executor) runs for one configuration: train and
+    measure it with torch's CPU threads set to ``threads``, and return ``("ok", record)`` (the record as plain
+    JSON values, so it unpickles anywhere) or, if the run raised, ``("failed", "ErrorType: message", traceback,
+    wall_time)``. It never raises for a failed run and never touches the store."""
     start = time.perf_counter()
     try:
         with runtime.threads(threads):
@@ -315,10 +307,10 @@ def _run_remote(cfg: dict, device: str, threads: int | None) -> tuple:
 
 def _sweep_on(executor: Any, runs: list[tuple[dict, dict, str]], done: set[str], result: SweepResult,
               device: str, threads: int | None, max_runs: int | None, progress: bool | None) -> None:
-    """The executor path of :func:`sweep`: submit the runs not in ``done`` (at most ``max_runs``; a configuration
-    that appears twice in the grid is submitted once and skipped the second time), then append each result to
-    the store as it arrives. If this process stops here (an interrupt, a store that cannot be written), the runs
-    not yet started are cancelled."""
+    """The run loop of :func:`sweep` (with :class:`_InProcess` when no executor is given): submit the runs not in
+    ``done`` (at most ``max_runs``; a configuration that appears twice in the grid is submitted once and skipped
+    the second time), then append each result to the store as it arrives. If this process stops here (an
+    interrupt, a store that cannot be written), the runs not yet started are cancelled."""
     from tqdm.auto import tqdm
 
     submitted: dict[Any, tuple[dict, dict, str]] = {}
