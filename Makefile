@@ -12,7 +12,7 @@ export FLATCOMP_PROGRESS = 0
 export OMP_NUM_THREADS = $(THREADS)
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: install book execute html test unit smoke bench sweep late-phase generalisation beyond clean
+.PHONY: install book execute html test unit smoke bench sweep late-phase generalisation beyond cost clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ unit: install
 # are skipped; the chapter's measures, fc.presets.sweep_spec).
 sweep: install
 	$(PY) -c "import flatcomp_tutorial as fc; r = fc.sweep(None, fc.presets.sweep_spec('cpu'), store='data/results/cpu_sweep.jsonl', threads=1, progress=True); print(f'{len(r.ran)} runs done, {len(r.skipped)} already in {r.store}')"
+
+# The shipped cost measurement of chapter "Running at paper scale": one CPU thread, every architecture and batch size,
+# whole checkpoints timed for the MLP and the ViT (VGG-11's would take hours on one core); 45 minutes here. Appends
+# one record to data/results/paper_costs.jsonl. On a GPU: python -m flatcomp_tutorial.cost (times everything).
+cost: install
+	$(PY) -m flatcomp_tutorial.cost --device cpu --threads 1 --repeats 5 --checkpoint mlp vit --store data/results/paper_costs.jsonl
 
 # The multi-seed late-phase store of chapter "Reproduction I: the late phase" (5 arms x 5 seeds, resumable).
 late-phase: install

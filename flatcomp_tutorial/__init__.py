@@ -8,11 +8,10 @@ matvec), ``sharpness`` (the named sharpness measures), ``geometry`` (Jacobian-ba
 ``bounds`` (flatness ⇒ compression bounds with their slack), ``robustness`` (attacks and radii), ``invariance``
 (function-preserving reparametrisations), ``toys`` (closed-form examples). Tracking: ``measures`` (the registry of
 tracked measures and their labels), ``training`` (SGD with a tracked history), ``history`` (phases of a history).
-Experiments: ``presets``, ``store`` (JSON Lines results and provenance), ``sweeps``, ``cost`` (what the paper
-preset costs on a device), ``stats`` (correlations, partial correlations, bootstrap CIs), ``late`` (the late
-phase summarised per run and over seeds). Drawing only:
-``figures``, ``widgets``. Command-line tools: ``batch``
-(papermill batches), ``notebooks`` (executing the book: glue and claims), ``nbval_plugin`` (tolerance-aware checks).
+Experiments: ``presets``, ``store`` (JSON Lines results and provenance), ``sweeps``, ``stats`` (correlations,
+partial correlations, bootstrap CIs), ``late`` (the late phase summarised per run and over seeds). Drawing only:
+``figures``, ``widgets``. Command-line tools: ``batch`` (papermill batches), ``cost`` (what the paper preset costs
+on a device), ``notebooks`` (executing the book: glue and claims), ``nbval_plugin`` (tolerance-aware checks).
 """
 from __future__ import annotations
 
@@ -25,10 +24,10 @@ from .training import TrainResult, train
 from .store import load_results
 from .stats import summarize
 from .sweeps import sweep
-from . import (bounds, checks, cost, curvature, data, estimators, figures, geometry, history, invariance,  # noqa: E402
+from . import (bounds, checks, curvature, data, estimators, figures, geometry, history, invariance,  # noqa: E402
                late, layers, losses, measures, models, presets, robustness, runtime, sharpness, stats, store,
                sweeps, toys, training, widgets)
-# (batch and notebooks are command-line modules: import them explicitly)
+# (batch, cost and notebooks are command-line modules: import them explicitly)
 
 try:
     __version__ = version("flatcomp-tutorial")

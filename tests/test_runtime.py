@@ -154,7 +154,7 @@ def test_check_scale_refuses_an_unknown_scale(scale):
 
 
 def test_check_scale_warns_with_the_estimated_hours_for_paper_scale_on_a_cpu():
-    with pytest.warns(RuntimeWarning, match=r"trains 10 paper-scale run\(s\).*expect 2 h or more.*GPU"):
+    with pytest.warns(RuntimeWarning, match=r"trains 10 paper-scale run\(s\).*expect 3 h or more.*GPU"):
         runtime.check_scale("paper", torch.device("cpu"), runs=10)
 
 
