@@ -168,3 +168,19 @@ def test_the_cpu_warning_of_scale_paper_agrees_with_the_shipped_measurement():
     assert set(runtime.PAPER_CPU_HOURS) == set(one.index)
     for arch, hours in runtime.PAPER_CPU_HOURS.items():
         assert 0.5 <= hours / one[arch] <= 2.0, arch
+
+
+def test_device_name_is_the_gpus_name_on_cuda_and_the_cpu_model_otherwise(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Tesla T4")
+    assert cost.device_name("cuda") == "Tesla T4"
+    assert cost.device_name("cpu").startswith("CPU: ")
+
+
+def test_the_command_line_runs_as_a_module_without_warnings():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "flatcomp_tutorial.cost", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--checkpoint" in out.stdout and out.stderr == ""
