@@ -194,3 +194,12 @@ def test_the_api_appendix_documents_every_module_with_a_public_interface():
     documented = set(re.findall(r'import_module\("([\w.]+)"\)',
                                 "".join(c.source for c in code_cells(BOOK / "api.ipynb"))))
     assert public - documented == set()
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_code_lines_fit_the_html_text_column(path):
+    """At most 100 characters per code line: what fits the text column of a 1280-px window at the code font size
+    of book/_static/flatcomp.css, so no code cell scrolls sideways."""
+    long = [(i, len(line)) for i, c in enumerate(code_cells(path)) for line in c.source.splitlines()
+            if len(line) > 100]
+    assert long == [], f"code cells (index, length) with lines over 100 characters: {long}"
