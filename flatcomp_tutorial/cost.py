@@ -1,7 +1,7 @@
 """What the paper preset costs on a device (chapter "Running at paper scale"): time the operations that dominate
-a run, one SGD step of each architecture at the grid's batch sizes and one Hessian-vector product (HVP) on the
-measurement subset, and turn the timings into hours per run and per grid with a stated cost model
-(:func:`cost_table`).
+a run (one SGD step of each architecture at the grid's batch sizes, one Hessian-vector product (HVP) on the
+measurement subset, and one checkpoint of every tracked measure), and turn the timings into hours per run and per
+grid with a stated cost model (:func:`cost_table`).
 
 The cost model, per architecture and batch size B (n training samples, E epochs, a checkpoint every e epochs):
 
