@@ -51,8 +51,10 @@ __all__ = ["COST_STORE", "LABELS", "device_name", "time_paper_ops", "cost_table"
 COST_STORE = "paper_costs.jsonl"
 # Display names of the columns of cost_table (units included).
 LABELS = {"params": "parameters", "step_ms_min": "SGD step, smallest B (ms)",
-          "step_ms_max": "SGD step, largest B (ms)", "hvp_ms": "HVP (ms)", "checkpoint_s": "checkpoint (s)",
-          "checkpoint_timed": "checkpoint timed", "checkpoint_hvps": "checkpoint (HVPs)", "runs": "runs in the grid",
+          "step_ms_max": "SGD step, largest B (ms)", "epoch_s_min": "epoch, smallest B (s)",
+          "epoch_s_max": "epoch, largest B (s)", "hvp_ms": "HVP (ms)", "checkpoint_s": "checkpoint (s)",
+          "checkpoint_timed": "checkpoint timed", "checkpoint_hvps": "checkpoint (HVPs)",
+          "runs": "runs in the grid",
           "train_h": "training per run (h, at most)", "measure_h": "measures per run (h)", "run_h": "per run (h)",
           "grid_h": "all runs (h)"}
 _INPUT_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -208,10 +210,11 @@ def cost_table(timings: Mapping, preset: str | Mapping = "paper", hvp_equivalent
     ``checkpoint_s / hvp_s`` over the architectures whose checkpoint was timed; a ValueError if there is none).
 
     Columns: ``params``; ``step_ms_min``/``step_ms_max`` (one SGD step at the smallest and the largest grid batch
-    size), ``hvp_ms``; ``checkpoint_s`` (one checkpoint of every measure), ``checkpoint_timed`` (timed, or from
-    the HVP equivalents), ``checkpoint_hvps`` (``checkpoint_s`` in HVPs); ``runs`` (the grid's runs of this
-    architecture); ``train_h`` (training per run, mean over the grid's batch sizes, full epoch budget),
-    ``measure_h`` (measures per run), ``run_h`` (their sum) and ``grid_h`` (all runs of this architecture);
+    size), ``epoch_s_min``/``epoch_s_max`` (one epoch there), ``hvp_ms``; ``checkpoint_s`` (one checkpoint of
+    every measure), ``checkpoint_timed`` (timed, or from the HVP equivalents), ``checkpoint_hvps``
+    (``checkpoint_s`` in HVPs); ``runs`` (the grid's runs of this architecture); ``train_h`` (training per run,
+    mean over the grid's batch sizes, full epoch budget), ``measure_h`` (measures per run), ``run_h`` (their
+    sum) and ``grid_h`` (all runs of this architecture);
     :data:`LABELS` gives display names."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     grid, tr = p["grid"], p["train"]
@@ -243,7 +246,9 @@ def cost_table(timings: Mapping, preset: str | Mapping = "paper", hvp_equivalent
         run_s = [train_s[b] + measure_s for b in grid["batch_size"]]
         rows.append({"architecture": arch, "params": int(t["params"]),
                      "step_ms_min": 1e3 * step[min(grid["batch_size"])],
-                     "step_ms_max": 1e3 * step[max(grid["batch_size"])], "hvp_ms": 1e3 * t["hvp_s"],
+                     "step_ms_max": 1e3 * step[max(grid["batch_size"])],
+                     "epoch_s_min": train_s[min(grid["batch_size"])] / tr["epochs"],
+                     "epoch_s_max": train_s[max(grid["batch_size"])] / tr["epochs"], "hvp_ms": 1e3 * t["hvp_s"],
                      "checkpoint_s": ckpt_s, "checkpoint_timed": has_ckpt, "checkpoint_hvps": ckpt_s / t["hvp_s"],
                      "runs": per_size * len(grid["batch_size"]),
                      "train_h": float(np.mean(list(train_s.values()))) / 3600, "measure_h": measure_s / 3600,

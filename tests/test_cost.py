@@ -34,6 +34,8 @@ def test_cost_table_follows_the_stated_cost_model():
     assert row["run_h"] == pytest.approx(row["train_h"] + row["measure_h"], rel=1e-12)
     assert row["grid_h"] == pytest.approx(per_size * (sum(train_s) + len(sizes) * measure_s) / 3600, rel=1e-12)
     assert row["runs"] == per_size * len(sizes)
+    assert row["epoch_s_min"] == pytest.approx(math.ceil(n / 16) * 0.001, rel=1e-12)
+    assert row["epoch_s_max"] == pytest.approx(math.ceil(n / 256) * 0.005, rel=1e-12)
 
 
 def test_an_untimed_checkpoint_costs_the_hvp_equivalents_of_the_timed_ones():
